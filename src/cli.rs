@@ -1,0 +1,80 @@
+//! The command line. Every flag also reads `RATELIMITD_<FLAG>` from the environment
+//! (the Helm chart and operators rely on both names); values are checked in [`crate::config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum, value_parser};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ratelimitd",
+    version,
+    about = "Exact, shared sliding-window rate limiting for API keys, over gRPC.",
+    long_about = "Exact, shared sliding-window rate limiting for API keys, over gRPC.\n\n\
+        With --redis-url every replica shares one exact limit per key, decided atomically \
+        inside Redis. Without it, the in-process store is used and limits are per process."
+)]
+pub struct Cli {
+    /// Address the gRPC API listens on.
+    #[arg(long, env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Redis to share limits through: redis://[user:password@]host:port[/db], or rediss:// for TLS.
+    /// Without it, limits are kept in this process only.
+    #[arg(long, env = "RATELIMITD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key ratelimitd writes; each key is <prefix>{<key fingerprint>}.
+    #[arg(long, env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "ratelimitd:")]
+    pub redis_key_prefix: String,
+
+    /// Bound on each Redis call, connecting included (e.g. 50ms, 1s). A call that takes
+    /// longer fails with UNAVAILABLE.
+    #[arg(long, env = "RATELIMITD_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Redis connections per replica; each pipelines any number of concurrent calls.
+    #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", default_value_t = 4,
+          value_parser = value_parser!(u16).range(1..=256))]
+    pub redis_connections: u16,
+
+    /// Requests (units of cost) each API key may make per window, by default.
+    #[arg(long, env = "RATELIMITD_LIMIT", default_value_t = 300)]
+    pub limit: u32,
+
+    /// Length of the sliding window (e.g. 60s, 1m, 500ms).
+    #[arg(long, env = "RATELIMITD_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub window: Duration,
+
+    /// Secret for the keyed fingerprints (HMAC-SHA-256) that name API keys in Redis and logs.
+    /// Every replica sharing a Redis needs the same one; required with --redis-url.
+    /// Prefer --fingerprint-secret-file or the environment over the command line.
+    #[arg(long, env = "RATELIMITD_FINGERPRINT_SECRET", hide_env_values = true)]
+    pub fingerprint_secret: Option<String>,
+
+    /// File holding the fingerprint secret (surrounding whitespace is ignored).
+    #[arg(long, env = "RATELIMITD_FINGERPRINT_SECRET_FILE", conflicts_with = "fingerprint_secret")]
+    pub fingerprint_secret_file: Option<PathBuf>,
+
+    /// Log format. The level comes from RUST_LOG (default: info).
+    #[arg(long, env = "RATELIMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// On SIGTERM or SIGINT, how long in-flight calls may take to finish before exiting.
+    #[arg(long, env = "RATELIMITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (expected e.g. 60s, 500ms, 1m)"))
+}

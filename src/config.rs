@@ -1,0 +1,147 @@
+//! The validated configuration, built once from the command line; the rest of the
+//! code trusts it.
+
+use std::time::Duration;
+
+use crate::cli::{Cli, LogFormat};
+use crate::limiter::{Fingerprinter, Policies, Policy, PolicyError, SharedPolicies};
+use crate::store::redis::RedisOptions;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: StoreConfig,
+    /// The live policies; replacing them changes limits without a restart.
+    pub policies: SharedPolicies,
+    pub fingerprinter: Fingerprinter,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// Limits are per process.
+    Memory,
+    Redis(RedisOptions),
+}
+
+/// A configuration that cannot run, naming the flag and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--limit must be between 1 and {max}, got {0}", max = crate::limiter::MAX_LIMIT)]
+    Limit(u32),
+    #[error("--window must be a whole number of milliseconds from 1ms to 31 days, got {0:?}")]
+    Window(Duration),
+    #[error("--redis-timeout must be at least 1ms, got {0:?}")]
+    RedisTimeout(Duration),
+    #[error("--redis-url must start with redis:// or rediss:// (the value is not shown: it may hold a password)")]
+    RedisUrl,
+    #[error(
+        "--fingerprint-secret (or --fingerprint-secret-file) is required with --redis-url: \
+         every replica sharing the Redis must name keys with the same secret"
+    )]
+    MissingSecret,
+    #[error("--fingerprint-secret must not be empty")]
+    EmptySecret,
+    #[error("--fingerprint-secret-file {path}: {source}")]
+    SecretFile { path: String, source: std::io::Error },
+}
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let default = Policy::new(cli.limit, cli.window).map_err(|e| match e {
+            PolicyError::Limit(limit) => ConfigError::Limit(limit),
+            PolicyError::Window(window) => ConfigError::Window(window),
+        })?;
+        let secret = read_secret(&cli)?;
+        let store = match cli.redis_url {
+            None => StoreConfig::Memory,
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(ConfigError::RedisUrl);
+                }
+                if secret.is_none() {
+                    return Err(ConfigError::MissingSecret);
+                }
+                if cli.redis_timeout < Duration::from_millis(1) {
+                    return Err(ConfigError::RedisTimeout(cli.redis_timeout));
+                }
+                StoreConfig::Redis(RedisOptions {
+                    url,
+                    key_prefix: cli.redis_key_prefix,
+                    timeout: cli.redis_timeout,
+                    connections: cli.redis_connections.into(),
+                })
+            }
+        };
+        // With the in-process store nothing outlives the process, so a random secret will do.
+        let secret = secret.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
+        Ok(Self {
+            store,
+            policies: SharedPolicies::new(Policies::uniform(default)),
+            fingerprinter: Fingerprinter::new(&secret),
+            log_format: cli.log_format,
+            shutdown_grace: cli.shutdown_grace,
+        })
+    }
+}
+
+fn read_secret(cli: &Cli) -> Result<Option<Vec<u8>>, ConfigError> {
+    let secret = match (&cli.fingerprint_secret, &cli.fingerprint_secret_file) {
+        (Some(secret), _) => secret.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::SecretFile { path: path.display().to_string(), source })?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if secret.is_empty() {
+        return Err(ConfigError::EmptySecret);
+    }
+    Ok(Some(secret.into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_cli(Cli::try_parse_from([&["ratelimitd"], args].concat()).expect("flags parse"))
+    }
+
+    #[test]
+    fn defaults_to_300_per_minute_in_process() {
+        let config = parse(&[]).unwrap();
+        assert!(matches!(config.store, StoreConfig::Memory));
+        let policy = config.policies.current().default;
+        assert_eq!((policy.limit(), policy.window_ms()), (300, 60_000));
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--limit", "0"], "--limit"),
+            (&["--window", "0s"], "--window"),
+            (&["--window", "1500us"], "--window"),
+            (&["--redis-url", "redis://h:6379"], "--fingerprint-secret"),
+            (&["--redis-url", "http://user:hunter2@h", "--fingerprint-secret", "s"], "--redis-url"),
+            (&["--redis-url", "redis://h", "--fingerprint-secret", "s", "--redis-timeout", "0s"], "--redis-timeout"),
+            (&["--fingerprint-secret", ""], "--fingerprint-secret"),
+            (&["--fingerprint-secret-file", "/nonexistent/secret"], "--fingerprint-secret-file"),
+        ];
+        for (args, flag) in cases {
+            let message = parse(args).expect_err("must be rejected").to_string();
+            assert!(message.starts_with(flag), "{args:?}: {message}");
+            assert!(!message.contains("hunter2"), "a Redis password leaked: {message}");
+        }
+    }
+
+    #[test]
+    fn redis_needs_a_shared_secret() {
+        let config = parse(&["--redis-url", "redis://h:6379", "--fingerprint-secret", "s3cret"]).unwrap();
+        let StoreConfig::Redis(options) = config.store else { panic!("expected the Redis store") };
+        assert_eq!(options.timeout, Duration::from_millis(100));
+        assert_eq!(options.key_prefix, "ratelimitd:");
+    }
+}

@@ -1,0 +1,38 @@
+//! The gRPC face: the generated code, the `RateLimiter` service, and the one place
+//! where domain decisions and errors become protobuf messages and statuses.
+
+mod service;
+
+pub use service::RateLimiterService;
+
+/// Code generated from `proto/ratelimit/v1/ratelimit.proto`.
+pub mod pb {
+    tonic::include_proto!("ratelimit.v1");
+}
+
+use tonic::Status;
+
+use crate::limiter::{CheckError, Decision};
+
+impl From<Decision> for pb::CheckAndConsumeResponse {
+    fn from(d: Decision) -> Self {
+        Self {
+            allowed: d.allowed,
+            limit: d.limit,
+            remaining: d.remaining,
+            retry_after_ms: d.retry_after_ms,
+            reset_after_ms: d.reset_after_ms,
+            decided_at_ms: d.decided_at_ms,
+        }
+    }
+}
+
+/// Bad input is the caller's to fix (INVALID_ARGUMENT); a store that is down or
+/// slow may recover (UNAVAILABLE, worth a retry with backoff); anything else is ours.
+pub fn to_status(error: CheckError) -> Status {
+    match &error {
+        CheckError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+        CheckError::Store(e) if e.is_transient() => Status::unavailable(error.to_string()),
+        CheckError::Store(_) => Status::internal(error.to_string()),
+    }
+}

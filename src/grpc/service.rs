@@ -1,0 +1,45 @@
+//! `ratelimit.v1.RateLimiter`: decodes the request, asks the limiter, encodes the decision.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::pb::rate_limiter_server::RateLimiter;
+use super::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse};
+use super::to_status;
+use crate::limiter::{CheckError, Limiter};
+use crate::store::Store;
+
+pub struct RateLimiterService<S> {
+    limiter: Arc<Limiter<S>>,
+}
+
+impl<S> RateLimiterService<S> {
+    pub fn new(limiter: Arc<Limiter<S>>) -> Self {
+        Self { limiter }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> RateLimiter for RateLimiterService<S> {
+    /// The span carries the key's fingerprint (recorded by the limiter), never the key.
+    #[tracing::instrument(skip_all, fields(key = tracing::field::Empty, cost = request.get_ref().cost))]
+    async fn check_and_consume(
+        &self,
+        request: Request<CheckAndConsumeRequest>,
+    ) -> Result<Response<CheckAndConsumeResponse>, Status> {
+        let request = request.into_inner();
+        match self.limiter.check_and_consume(&request.key_id, request.cost).await {
+            Ok(decision) => {
+                tracing::debug!(allowed = decision.allowed, remaining = decision.remaining, "decided");
+                Ok(Response::new(decision.into()))
+            }
+            Err(error) => {
+                if let CheckError::Store(e) = &error {
+                    tracing::warn!(error = %e, "store call failed");
+                }
+                Err(to_status(error))
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! ratelimitd: an exact, shared sliding-window rate limiter for API keys.
+//!
+//! A tour, from the outside in:
+//! - [`cli`] and [`config`]: the command line and the validated [`config::Config`];
+//! - [`app`]: wires a store, the limiter and the gRPC server; `run` takes a bound
+//!   listener and a shutdown future, so tests serve on port 0 and stop on demand;
+//! - [`grpc`]: the generated code, the `ratelimit.v1.RateLimiter` service, and the
+//!   mapping of domain results to protobuf messages and gRPC statuses;
+//! - [`limiter`]: the domain, with no gRPC or Redis types: policies, validation,
+//!   fingerprints (the raw key never leaves this layer) and the ring algorithm;
+//! - [`store`]: the `Store` trait, with the Redis store (one atomic Lua script call
+//!   per decision, `lua/sliding_window.lua`) and the in-process store.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod grpc;
+pub mod limiter;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

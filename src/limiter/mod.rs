@@ -1,0 +1,93 @@
+//! The domain: policies, decisions, input validation and the exactness rule.
+//! Nothing here knows about gRPC or Redis; stores implement [`crate::store::Store`].
+
+mod fingerprint;
+mod policy;
+mod ring;
+
+pub use fingerprint::{Fingerprint, Fingerprinter};
+pub use policy::{MAX_LIMIT, MAX_WINDOW, Policies, Policy, PolicyError, SharedPolicies};
+pub use ring::Ring;
+
+use crate::store::{Store, StoreError};
+
+/// The longest `key_id` accepted, in bytes.
+pub const MAX_KEY_ID_BYTES: usize = 256;
+
+/// One decision, on the store's clock (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    /// Units still available in the window after this decision.
+    pub remaining: u32,
+    /// 0 when allowed; when denied, the wait until the same request fits if nothing else is allowed.
+    pub retry_after_ms: u64,
+    /// The wait until the window holds no counted unit.
+    pub reset_after_ms: u64,
+    pub decided_at_ms: u64,
+}
+
+/// Why a check produced no decision. Messages name the field and value, never the key.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CheckError {
+    fn invalid(field: &'static str, reason: String) -> Self {
+        Self::InvalidArgument { field, reason }
+    }
+}
+
+/// Validates requests, picks each key's policy and asks the store to decide.
+#[derive(Debug)]
+pub struct Limiter<S> {
+    store: S,
+    policies: SharedPolicies,
+    fingerprinter: Fingerprinter,
+}
+
+impl<S: Store> Limiter<S> {
+    pub fn new(store: S, policies: SharedPolicies, fingerprinter: Fingerprinter) -> Self {
+        Self { store, policies, fingerprinter }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Counts `cost` units (0 means 1) against `key_id` if they fit. A rejected
+    /// request writes nothing. Records the key's fingerprint in the current span.
+    pub async fn check_and_consume(&self, key_id: &str, cost: u32) -> Result<Decision, CheckError> {
+        let key = self.key(key_id)?;
+        tracing::Span::current().record("key", tracing::field::display(&key));
+        let policy = self.policies.for_key(&key);
+        let cost = validate_cost(cost, policy)?;
+        Ok(self.store.check_and_consume(&key, policy, cost).await?)
+    }
+
+    fn key(&self, key_id: &str) -> Result<Fingerprint, CheckError> {
+        if key_id.is_empty() {
+            return Err(CheckError::invalid("key_id", "must not be empty".into()));
+        }
+        if key_id.len() > MAX_KEY_ID_BYTES {
+            let reason = format!("is {} bytes long; at most {MAX_KEY_ID_BYTES} are allowed", key_id.len());
+            return Err(CheckError::invalid("key_id", reason));
+        }
+        Ok(self.fingerprinter.fingerprint(key_id))
+    }
+}
+
+fn validate_cost(cost: u32, policy: Policy) -> Result<u32, CheckError> {
+    let cost = cost.max(1);
+    if cost > policy.limit() {
+        let reason =
+            format!("{cost} is greater than the key's limit of {}, so it can never be allowed", policy.limit());
+        return Err(CheckError::invalid("cost", reason));
+    }
+    Ok(cost)
+}

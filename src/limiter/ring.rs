@@ -1,0 +1,173 @@
+//! The sliding-window log as a ring of the last L allowed units' timestamps: the
+//! algorithm of `lua/sliding_window.lua`, in Rust, for the in-process store.
+//! Keep the two in step; the behaviour suite runs the same checks on both.
+
+use super::{Decision, Policy};
+
+/// Timestamps (Unix ms) of the last `limit` allowed units, oldest at `head`;
+/// 0 marks a slot never used, older than any window.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    slots: Box<[u64]>,
+    head: usize,
+}
+
+impl Ring {
+    pub fn new(limit: u32) -> Self {
+        Self { slots: vec![0; limit as usize].into_boxed_slice(), head: 0 }
+    }
+
+    /// The timestamp of the newest allowed unit, 0 if none.
+    pub fn newest(&self) -> u64 {
+        self.at(self.slots.len() - 1)
+    }
+
+    /// Decides one request of `cost` (1..=limit) at `now_ms` and records it if allowed.
+    /// The caller's clock may run backwards; the key's time never does.
+    pub fn check_and_consume(&mut self, now_ms: u64, policy: Policy, cost: u32) -> Decision {
+        debug_assert!(cost >= 1 && cost <= policy.limit());
+        if self.slots.len() != policy.limit() as usize {
+            self.resize(policy.limit() as usize);
+        }
+        let now = now_ms.max(self.newest());
+        let window = policy.window_ms();
+        let cutoff = now.saturating_sub(window);
+        let cost = cost as usize;
+        let needed = self.at(cost - 1);
+        let allowed = needed <= cutoff;
+        // Slot cost-1 is already known, which halves the search.
+        let range = if allowed { (cost, self.slots.len()) } else { (0, cost - 1) };
+        let expired = self.first_in_window(range, cutoff);
+        let mut decision = Decision {
+            allowed,
+            limit: policy.limit(),
+            remaining: expired as u32,
+            retry_after_ms: 0,
+            reset_after_ms: window,
+            decided_at_ms: now,
+        };
+        if allowed {
+            self.push(now, cost);
+            decision.remaining -= cost as u32;
+        } else {
+            decision.retry_after_ms = needed + window - now;
+            decision.reset_after_ms = self.newest() + window - now;
+        }
+        decision
+    }
+
+    fn at(&self, logical: usize) -> u64 {
+        self.slots[(self.head + logical) % self.slots.len()]
+    }
+
+    /// Binary search in logical `lo..hi` for the first slot newer than `cutoff`:
+    /// the ring is ordered, so the expired slots are a prefix.
+    fn first_in_window(&self, (mut lo, mut hi): (usize, usize), cutoff: u64) -> usize {
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.at(mid) <= cutoff {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn push(&mut self, now: u64, cost: usize) {
+        let len = self.slots.len();
+        for j in 0..cost {
+            self.slots[(self.head + j) % len] = now;
+        }
+        self.head = (self.head + cost) % len;
+    }
+
+    /// Keeps the newest min(old, new) entries in order, oldest first.
+    fn resize(&mut self, limit: usize) {
+        let old = self.slots.len();
+        let ordered = (0..old).map(|j| self.at(j));
+        let kept: Vec<u64> = if limit > old {
+            std::iter::repeat_n(0, limit - old).chain(ordered).collect()
+        } else {
+            ordered.skip(old - limit).collect()
+        };
+        self.slots = kept.into_boxed_slice();
+        self.head = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn policy(limit: u32, window_ms: u64) -> Policy {
+        Policy::new(limit, Duration::from_millis(window_ms)).unwrap()
+    }
+
+    #[test]
+    fn allows_exactly_the_limit_then_denies_with_an_honest_retry() {
+        let p = policy(3, 1000);
+        let mut ring = Ring::new(3);
+        for (i, remaining) in [2, 1, 0].into_iter().enumerate() {
+            let d = ring.check_and_consume(T0 + i as u64 * 10, p, 1);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, remaining);
+        }
+        let denied = ring.check_and_consume(T0 + 100, p, 1);
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after_ms, 900, "the oldest unit leaves the window at T0 + 1000");
+        assert_eq!(denied.reset_after_ms, 1000 - 100 + 20);
+        assert!(!ring.check_and_consume(T0 + 999, p, 1).allowed);
+        let retried = ring.check_and_consume(T0 + 1000, p, 1);
+        assert!(retried.allowed);
+        assert_eq!(retried.remaining, 0);
+    }
+
+    #[test]
+    fn a_cost_needs_that_many_expired_units() {
+        let p = policy(5, 1000);
+        let mut ring = Ring::new(5);
+        assert!(ring.check_and_consume(T0, p, 3).allowed);
+        assert!(ring.check_and_consume(T0 + 500, p, 2).allowed);
+        let denied = ring.check_and_consume(T0 + 600, p, 4);
+        assert!(!denied.allowed);
+        // Four units free up only when the two at T0 + 500 leave too.
+        assert_eq!(denied.retry_after_ms, 900);
+        let denied = ring.check_and_consume(T0 + 1000, p, 4);
+        assert!(!denied.allowed);
+        assert_eq!(denied.remaining, 3);
+        assert!(ring.check_and_consume(T0 + 1000, p, 3).allowed);
+    }
+
+    #[test]
+    fn time_never_runs_backwards_for_a_key() {
+        let p = policy(2, 1000);
+        let mut ring = Ring::new(2);
+        ring.check_and_consume(T0 + 500, p, 1);
+        let d = ring.check_and_consume(T0, p, 1);
+        assert_eq!(d.decided_at_ms, T0 + 500);
+    }
+
+    #[test]
+    fn limit_changes_keep_the_newest_history() {
+        let p3 = policy(3, 1000);
+        let mut ring = Ring::new(3);
+        for i in 0..3 {
+            ring.check_and_consume(T0 + i * 100, p3, 1);
+        }
+        // Lowered to 2: the two newest (T0+100, T0+200) still count.
+        let d = ring.check_and_consume(T0 + 300, policy(2, 1000), 1);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after_ms, 800);
+        // Raised to 4: the history of 2 leaves two free units.
+        let p4 = policy(4, 1000);
+        let d = ring.check_and_consume(T0 + 300, p4, 2);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert!(!ring.check_and_consume(T0 + 300, p4, 1).allowed);
+    }
+}

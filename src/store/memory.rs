@@ -1,0 +1,94 @@
+//! The in-process store: the same exact algorithm as the Redis script, kept in
+//! this process's memory. Limits are then per process, so it suits development
+//! and single-replica deployments.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Store, StoreError, lock};
+use crate::limiter::{Decision, Fingerprint, Policy, Ring};
+
+/// Shards keep one hot key from serialising every other key behind its lock.
+const SHARDS: usize = 64;
+
+#[derive(Debug)]
+struct Entry {
+    ring: Ring,
+    /// Unix ms after which the entry no longer counts: its newest unit plus the
+    /// window in force then (as the Redis key's TTL).
+    expires_at: u64,
+}
+
+/// Rings by key fingerprint. Locks are std mutexes held for a few hundred
+/// nanoseconds and never across an await, which tokio recommends over its own.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Box<[Mutex<HashMap<Fingerprint, Entry>>]>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+    }
+
+    /// Drops every key whose history has left its window, so memory stays bounded
+    /// by the keys active within one window. Returns how many were dropped.
+    pub fn evict_idle(&self) -> usize {
+        let now = now_ms();
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut map = lock(shard);
+            let before = map.len();
+            map.retain(|_, entry| entry.expires_at > now);
+            evicted += before - map.len();
+        }
+        evicted
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, key: &Fingerprint) -> &Mutex<HashMap<Fingerprint, Entry>> {
+        // Fingerprints are uniformly distributed, so any byte picks a shard fairly.
+        &self.shards[key.as_bytes()[0] as usize % SHARDS]
+    }
+}
+
+impl Store for MemoryStore {
+    async fn check_and_consume(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
+        let now = now_ms();
+        let mut map = lock(self.shard(key));
+        let fresh = || Entry { ring: Ring::new(policy.limit()), expires_at: 0 };
+        // Expired history counts for nothing, as a Redis key past its TTL.
+        let entry = map
+            .entry(*key)
+            .and_modify(|entry| {
+                if entry.expires_at <= now {
+                    *entry = fresh();
+                }
+            })
+            .or_insert_with(fresh);
+        let decision = entry.ring.check_and_consume(now, policy, cost);
+        if decision.allowed {
+            entry.expires_at = decision.decided_at_ms + policy.window_ms();
+        }
+        Ok(decision)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,52 @@
+//! Where decisions are made and history is kept: one narrow trait, one file per backend.
+//! Both backends run the same algorithm (`lua/sliding_window.lua`, [`crate::limiter::Ring`])
+//! and are held to the same behaviour suite.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::limiter::{Decision, Fingerprint, Policy};
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+/// Decides and records one request atomically: concurrent calls for one key, from
+/// any number of replicas sharing the store, behave as if made one at a time.
+pub trait Store: Send + Sync + 'static {
+    /// `cost` is already validated: 1 <= cost <= policy.limit().
+    fn check_and_consume(
+        &self,
+        key: &Fingerprint,
+        policy: Policy,
+        cost: u32,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+}
+
+/// A store failure. Transient ones (the store is unreachable or slow) may succeed
+/// if retried; the others need an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store failed: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Unavailable(_))
+    }
+}
+
+/// Locks a std mutex that guards store state. A poisoned one still holds
+/// consistent data (nothing panics while it is changed), so it is used rather
+/// than failing every later call.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,159 @@
+//! The Redis store: every decision is one EVALSHA of `lua/sliding_window.lua`,
+//! atomic inside Redis and on Redis's clock, so any number of replicas sharing
+//! the Redis enforce one exact limit per key.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::{Connection, Pool, PoolConfig, Runtime, Timeouts};
+use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+
+use super::{Store, StoreError, lock};
+use crate::limiter::{Decision, Fingerprint, Policy};
+
+const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
+
+/// How to reach Redis and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://` URL, possibly with credentials: never logged.
+    pub url: String,
+    /// Put before `{fingerprint}` in every key name.
+    pub key_prefix: String,
+    /// The bound on each call, connecting included.
+    pub timeout: Duration,
+    /// Multiplexed connections; each pipelines any number of concurrent calls.
+    pub connections: usize,
+}
+
+/// Connections come from a deadpool-redis pool (which creates them within the
+/// timeout and discards broken ones); each lane keeps one checked out and shares
+/// it among concurrent calls, since a multiplexed connection pipelines them. Going
+/// back to the pool per call would add a PING round trip (deadpool's recycle check).
+pub struct RedisStore {
+    pool: Pool,
+    lanes: Box<[Mutex<Option<Connection>>]>,
+    next_lane: AtomicUsize,
+    script: Script,
+    key_prefix: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("key_prefix", &self.key_prefix).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Builds the store without connecting: Redis may come up later, and calls
+    /// fail with [`StoreError::Unavailable`] until it does.
+    pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
+        let timeouts =
+            Timeouts { wait: Some(options.timeout), create: Some(options.timeout), recycle: Some(options.timeout) };
+        let mut pool_config = PoolConfig::new(options.connections);
+        pool_config.timeouts = timeouts;
+        let mut config = deadpool_redis::Config::from_url(options.url);
+        config.pool = Some(pool_config);
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError::Failed(format!("invalid Redis configuration: {e}")))?;
+        Ok(Self {
+            pool,
+            lanes: (0..options.connections).map(|_| Mutex::new(None)).collect(),
+            next_lane: AtomicUsize::new(0),
+            script: Script::new(SCRIPT),
+            key_prefix: options.key_prefix,
+            timeout: options.timeout,
+        })
+    }
+
+    /// Loads the script and checks that Redis answers, within the timeout.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let call = async {
+            let mut conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            self.script.load_async(&mut *conn).await.map_err(classify)?;
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(StoreError::Timeout(self.timeout)))
+    }
+
+    /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
+    /// only the fingerprint, so the key lives in one slot.
+    pub fn key_name(&self, key: &Fingerprint) -> String {
+        format!("{}{{{key}}}", self.key_prefix)
+    }
+
+    async fn connection(&self, lane: usize) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(conn) = lock(&self.lanes[lane]).as_ref() {
+            return Ok(MultiplexedConnection::clone(conn));
+        }
+        let pooled = self.pool.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let conn = MultiplexedConnection::clone(&pooled);
+        let mut slot = lock(&self.lanes[lane]);
+        if slot.is_none() {
+            *slot = Some(pooled);
+        }
+        Ok(conn)
+    }
+
+    /// Gives a broken lane's connection back to the pool, whose recycle check
+    /// discards it; the lane's next call gets a new one.
+    fn reset(&self, lane: usize) {
+        lock(&self.lanes[lane]).take();
+    }
+
+    async fn eval(&self, lane: usize, key: &str, policy: Policy, cost: u32) -> Result<Reply, StoreError> {
+        let mut conn = self.connection(lane).await?;
+        let mut invocation = self.script.key(key);
+        invocation.arg(policy.limit()).arg(policy.window_ms()).arg(cost);
+        let reply = invocation.invoke_async(&mut conn).await;
+        reply.map_err(|e| {
+            if e.is_unrecoverable_error() || e.is_io_error() {
+                self.reset(lane);
+            }
+            classify(e)
+        })
+    }
+}
+
+/// The script's reply: allowed, remaining, retry_after_ms, reset_after_ms, decided_at_ms.
+type Reply = (u8, u32, u64, u64, u64);
+
+impl Store for RedisStore {
+    async fn check_and_consume(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
+        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let key = self.key_name(key);
+        let call = self.eval(lane, &key, policy, cost);
+        let (allowed, remaining, retry_after_ms, reset_after_ms, decided_at_ms) =
+            tokio::time::timeout(self.timeout, call).await.map_err(|_| StoreError::Timeout(self.timeout))??;
+        Ok(Decision {
+            allowed: allowed == 1,
+            limit: policy.limit(),
+            remaining,
+            retry_after_ms,
+            reset_after_ms,
+            decided_at_ms,
+        })
+    }
+}
+
+/// Transient failures (connection, loading, failover) may succeed on retry; the
+/// rest (a script error, a key of another type under our prefix) need an operator.
+fn classify(e: RedisError) -> StoreError {
+    let transient = e.is_io_error()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        );
+    if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Failed(e.to_string()) }
+}
