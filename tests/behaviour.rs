@@ -1,0 +1,173 @@
+//! The behaviour suite: every scenario runs against both stores, black-box through
+//! the generated gRPC client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, check, try_check};
+use tonic::Code;
+
+/// Runs each scenario once on the in-process store and once on a Redis of its own.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod in_process {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $scenario() {
+                super::$scenario(super::Backend::memory()).await
+            })*
+        }
+        mod on_redis {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $scenario() {
+                super::$scenario(super::Backend::redis().await).await
+            })*
+        }
+    };
+}
+
+on_both_stores!(
+    allows_exactly_the_limit_then_denies,
+    retry_after_is_honest,
+    costs_above_one_use_that_many_units,
+    bad_input_is_rejected_and_writes_nothing,
+    a_lowered_or_raised_limit_keeps_the_history,
+    a_changed_window_applies_to_the_same_history,
+    keys_are_isolated,
+    idle_keys_expire,
+);
+
+async fn allows_exactly_the_limit_then_denies(backend: Backend) {
+    let server = backend.server(300, "60s").await;
+    let mut client = server.client().await;
+    for expected_remaining in (0..300).rev() {
+        let d = check(&mut client, "partner-a", 1).await;
+        assert!(d.allowed, "request {} of 300 was denied", 300 - expected_remaining);
+        assert_eq!((d.limit, d.remaining, d.retry_after_ms), (300, expected_remaining, 0));
+        assert_eq!(d.reset_after_ms, 60_000);
+    }
+    let denied = check(&mut client, "partner-a", 1).await;
+    assert!(!denied.allowed, "request 301 was allowed");
+    assert_eq!((denied.limit, denied.remaining), (300, 0));
+    assert!(denied.retry_after_ms > 0 && denied.retry_after_ms <= 60_000, "{denied:?}");
+    assert!(denied.reset_after_ms >= denied.retry_after_ms && denied.reset_after_ms <= 60_000, "{denied:?}");
+    assert!(denied.decided_at_ms > 1_600_000_000_000, "decided_at_ms is Unix ms: {denied:?}");
+}
+
+async fn retry_after_is_honest(backend: Backend) {
+    let server = backend.server(3, "1s").await;
+    let mut client = server.client().await;
+    for _ in 0..3 {
+        assert!(check(&mut client, "k", 1).await.allowed);
+    }
+    let denied = check(&mut client, "k", 1).await;
+    assert!(!denied.allowed);
+    let free_at = denied.decided_at_ms + denied.retry_after_ms;
+    // Every later denial points at the same moment: only time frees capacity.
+    let again = check(&mut client, "k", 1).await;
+    assert!(!again.allowed);
+    assert_eq!(again.decided_at_ms + again.retry_after_ms, free_at);
+    // Sent once retry_after has passed (the response arrived after decided_at), it fits.
+    tokio::time::sleep(Duration::from_millis(denied.retry_after_ms)).await;
+    let retried = check(&mut client, "k", 1).await;
+    assert!(retried.allowed, "retried at {} for free_at {free_at}: {retried:?}", retried.decided_at_ms);
+    assert!(retried.decided_at_ms >= free_at);
+}
+
+async fn costs_above_one_use_that_many_units(backend: Backend) {
+    let server = backend.server(10, "60s").await;
+    let mut client = server.client().await;
+    assert_eq!(check(&mut client, "k", 4).await.remaining, 6);
+    let zero_means_one = check(&mut client, "k", 0).await;
+    assert!(zero_means_one.allowed);
+    assert_eq!(zero_means_one.remaining, 5);
+    let too_much = check(&mut client, "k", 6).await;
+    assert!(!too_much.allowed, "6 units with 5 left");
+    assert_eq!(too_much.remaining, 5, "a denial consumes nothing");
+    let exact_fit = check(&mut client, "k", 5).await;
+    assert!(exact_fit.allowed);
+    assert_eq!(exact_fit.remaining, 0);
+    assert!(!check(&mut client, "k", 1).await.allowed);
+}
+
+async fn bad_input_is_rejected_and_writes_nothing(backend: Backend) {
+    let server = backend.server(300, "60s").await;
+    let mut client = server.client().await;
+    let long_key = "s".repeat(257);
+    let cases = [("", 1, "key_id"), (long_key.as_str(), 1, "key_id"), ("fresh-key", 301, "cost")];
+    for (key_id, cost, field) in cases {
+        let status = try_check(&mut client, key_id, cost).await.expect_err("bad input must be rejected");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "message must name {field}: {status:?}");
+        assert!(key_id.is_empty() || !status.message().contains(key_id), "the key leaked: {status:?}");
+    }
+    if let Some(redis) = &backend.redis {
+        let keys: usize = redis::cmd("DBSIZE").query_async(&mut redis.conn().await).await.unwrap();
+        assert_eq!(keys, 0, "a rejected request wrote to Redis");
+    }
+    // The longest key allowed works, and the rejected cost consumed nothing.
+    assert_eq!(check(&mut client, &"s".repeat(256), 1).await.remaining, 299);
+    assert_eq!(check(&mut client, "fresh-key", 300).await.remaining, 0);
+}
+
+async fn a_lowered_or_raised_limit_keeps_the_history(backend: Backend) {
+    let server = backend.server(5, "60s").await;
+    let mut client = server.client().await;
+    for _ in 0..4 {
+        assert!(check(&mut client, "partner", 1).await.allowed);
+    }
+    server.set_override("partner", 3, Duration::from_secs(60));
+    let lowered = check(&mut client, "partner", 1).await;
+    assert!(!lowered.allowed, "4 used of a lowered limit of 3: {lowered:?}");
+    assert_eq!((lowered.limit, lowered.remaining), (3, 0));
+    // Raised to 10: the 3 newest units kept by the lowered ring still count.
+    server.set_override("partner", 10, Duration::from_secs(60));
+    let mut allowed = 0;
+    while check(&mut client, "partner", 1).await.allowed {
+        allowed += 1;
+        assert!(allowed <= 10, "the raised limit is not enforced");
+    }
+    assert_eq!(allowed, 7, "10 minus the 3 units kept from the history");
+    // Other keys keep the default.
+    assert_eq!(check(&mut client, "other", 1).await.limit, 5);
+}
+
+async fn a_changed_window_applies_to_the_same_history(backend: Backend) {
+    let server = backend.server(2, "60s").await;
+    let mut client = server.client().await;
+    assert!(check(&mut client, "k", 1).await.allowed);
+    assert!(check(&mut client, "k", 1).await.allowed);
+    assert!(!check(&mut client, "k", 1).await.allowed);
+    server.set_override("k", 2, Duration::from_millis(300));
+    let denied = check(&mut client, "k", 1).await;
+    assert!(denied.retry_after_ms <= 300, "the new, shorter window applies: {denied:?}");
+    tokio::time::sleep(Duration::from_millis(denied.retry_after_ms.max(1))).await;
+    assert!(check(&mut client, "k", 1).await.allowed);
+}
+
+async fn keys_are_isolated(backend: Backend) {
+    let server = backend.server(2, "60s").await;
+    let mut client = server.client().await;
+    assert!(check(&mut client, "a", 2).await.allowed);
+    assert!(!check(&mut client, "a", 1).await.allowed);
+    let b = check(&mut client, "b", 1).await;
+    assert!(b.allowed);
+    assert_eq!(b.remaining, 1);
+}
+
+async fn idle_keys_expire(backend: Backend) {
+    let server = backend.server(2, "300ms").await;
+    let mut client = server.client().await;
+    assert!(check(&mut client, "k", 2).await.allowed);
+    let denied = check(&mut client, "k", 1).await;
+    assert!(!denied.allowed);
+    tokio::time::sleep(Duration::from_millis(denied.reset_after_ms + 50)).await;
+    if let Some(redis) = &backend.redis {
+        // KEYS skips keys past their TTL (DBSIZE may still count them until reclaimed).
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut redis.conn().await).await.unwrap();
+        assert!(keys.is_empty(), "the idle key outlived its window: {keys:?}");
+    }
+    let fresh = check(&mut client, "k", 1).await;
+    assert!(fresh.allowed);
+    assert_eq!(fresh.remaining, 1, "the whole limit is free after an idle window");
+}

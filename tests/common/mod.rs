@@ -1,0 +1,184 @@
+//! Test harness: ratelimitd servers on port 0 with a stop handle, Redis started
+//! through testcontainers from the locally built image (see scripts/test), and an
+//! exactness checker over recorded decisions.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+pub mod exactness;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::time::Duration;
+
+use clap::Parser;
+use ratelimitd::app::{self, AppError};
+use ratelimitd::cli::Cli;
+use ratelimitd::config::Config;
+use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
+use ratelimitd::grpc::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse};
+use ratelimitd::limiter::{Fingerprint, Policy, SharedPolicies};
+use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = RateLimiterClient<Channel>;
+
+/// The image scripts/build-redis-image.sh builds (Debian's Redis 7.0); override with
+/// RATELIMITD_TEST_REDIS_IMAGE=name:tag, e.g. redis:7 where images can be pulled.
+pub fn redis_image() -> (String, String) {
+    let image = std::env::var("RATELIMITD_TEST_REDIS_IMAGE").unwrap_or_else(|_| "ratelimitd-test-redis:7".into());
+    let (name, tag) = image.rsplit_once(':').unwrap_or((&image, "latest"));
+    (name.to_owned(), tag.to_owned())
+}
+
+const REDIS_PORT: ContainerPort = ContainerPort::Tcp(6379);
+
+/// A Redis container of this test's own, on a fixed host port so that it keeps
+/// its address across a stop and start.
+pub struct Redis {
+    container: ContainerAsync<GenericImage>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let (name, tag) = redis_image();
+        let port = free_port();
+        let container = GenericImage::new(&name, &tag)
+            .with_exposed_port(6379.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+            .with_mapped_port(port, REDIS_PORT)
+            .start()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start Redis from image {name}:{tag} in Docker: {e}. \
+                     The tests need a running Docker Engine and that image: run scripts/test, \
+                     which builds it (scripts/build-redis-image.sh)."
+                )
+            });
+        Self { container, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("valid URL");
+        client.get_multiplexed_async_connection().await.expect("connect to the test Redis")
+    }
+
+    /// Stops and starts the container: Redis comes back empty (no persistence),
+    /// with no scripts loaded, and every client connection broken.
+    pub async fn restart(&self) {
+        self.container.stop().await.expect("stop Redis");
+        self.container.start().await.expect("start Redis again");
+    }
+}
+
+/// Where a test's servers keep their state: in process, or in a Redis of its own.
+pub struct Backend {
+    pub redis: Option<Redis>,
+}
+
+impl Backend {
+    pub fn memory() -> Self {
+        Self { redis: None }
+    }
+
+    pub async fn redis() -> Self {
+        Self { redis: Some(Redis::start().await) }
+    }
+
+    /// The configuration `ratelimitd` would build from these flags on this backend.
+    pub fn config(&self, limit: u32, window: &str) -> Config {
+        let limit = limit.to_string();
+        let mut args = vec!["ratelimitd", "--limit", &limit, "--window", window, "--shutdown-grace", "5s"];
+        let url = self.redis.as_ref().map(Redis::url);
+        if let Some(url) = &url {
+            args.extend(["--redis-url", url, "--fingerprint-secret", "test-secret", "--redis-timeout", "2s"]);
+        }
+        Config::from_cli(Cli::try_parse_from(args).expect("test flags parse")).expect("valid test config")
+    }
+
+    pub async fn server(&self, limit: u32, window: &str) -> TestServer {
+        TestServer::start(self.config(limit, window)).await
+    }
+}
+
+/// A ratelimitd serving on a port of its own until stopped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(app::run(listener, config.clone(), shutdown));
+        Self { addr, config, stop: Some(stop), task }
+    }
+
+    pub async fn client(&self) -> Client {
+        let endpoint = format!("http://{}", self.addr);
+        for _ in 0..100 {
+            if let Ok(client) = RateLimiterClient::connect(endpoint.clone()).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("ratelimitd at {endpoint} did not accept connections");
+    }
+
+    pub fn policies(&self) -> &SharedPolicies {
+        &self.config.policies
+    }
+
+    pub fn fingerprint(&self, key_id: &str) -> Fingerprint {
+        self.config.fingerprinter.fingerprint(key_id)
+    }
+
+    /// Gives `key_id` its own policy from its next call on.
+    pub fn set_override(&self, key_id: &str, limit: u32, window: Duration) {
+        let mut policies = (*self.policies().current()).clone();
+        policies.overrides.insert(self.fingerprint(key_id), Policy::new(limit, window).expect("valid policy"));
+        self.policies().replace(policies);
+    }
+
+    /// Signals shutdown and waits for the server to drain and return.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("server task panicked")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn check(client: &mut Client, key_id: &str, cost: u32) -> CheckAndConsumeResponse {
+    try_check(client, key_id, cost).await.unwrap_or_else(|status| panic!("CheckAndConsume failed: {status:?}"))
+}
+
+pub async fn try_check(client: &mut Client, key_id: &str, cost: u32) -> Result<CheckAndConsumeResponse, tonic::Status> {
+    let request = CheckAndConsumeRequest { key_id: key_id.to_owned(), cost };
+    client.check_and_consume(request).await.map(tonic::Response::into_inner)
+}
+
+fn free_port() -> u16 {
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
