@@ -2,15 +2,15 @@
 //! atomic inside Redis and on Redis's clock, so any number of replicas sharing
 //! the Redis enforce one exact limit per key.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Connection, Pool, PoolConfig, Runtime, Timeouts};
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use tokio::sync::RwLock;
 
-use super::{Store, StoreError, lock};
+use super::{Store, StoreError};
 use crate::limiter::{Decision, Fingerprint, Policy};
 
 const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
@@ -34,7 +34,7 @@ pub struct RedisOptions {
 /// back to the pool per call would add a PING round trip (deadpool's recycle check).
 pub struct RedisStore {
     pool: Pool,
-    lanes: Box<[Mutex<Option<Connection>>]>,
+    lanes: Box<[RwLock<Option<Connection>>]>,
     next_lane: AtomicUsize,
     script: Script,
     key_prefix: String,
@@ -62,7 +62,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Failed(format!("invalid Redis configuration: {e}")))?;
         Ok(Self {
             pool,
-            lanes: (0..options.connections).map(|_| Mutex::new(None)).collect(),
+            lanes: (0..options.connections).map(|_| RwLock::new(None)).collect(),
             next_lane: AtomicUsize::new(0),
             script: Script::new(SCRIPT),
             key_prefix: options.key_prefix,
@@ -87,35 +87,40 @@ impl RedisStore {
     }
 
     async fn connection(&self, lane: usize) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(conn) = lock(&self.lanes[lane]).as_ref() {
+        if let Some(conn) = self.lanes[lane].read().await.as_ref() {
             return Ok(MultiplexedConnection::clone(conn));
+        }
+        // One caller per lane connects (holding the write lock); the others wait for
+        // it rather than taking more connections from the pool than there are lanes.
+        let mut slot = self.lanes[lane].write().await;
+        if let Some(conn) = slot.as_deref() {
+            return Ok(conn.clone());
         }
         let pooled = self.pool.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let conn = MultiplexedConnection::clone(&pooled);
-        let mut slot = lock(&self.lanes[lane]);
-        if slot.is_none() {
-            *slot = Some(pooled);
-        }
+        *slot = Some(pooled);
         Ok(conn)
     }
 
     /// Gives a broken lane's connection back to the pool, whose recycle check
     /// discards it; the lane's next call gets a new one.
-    fn reset(&self, lane: usize) {
-        lock(&self.lanes[lane]).take();
+    async fn reset(&self, lane: usize) {
+        self.lanes[lane].write().await.take();
     }
 
     async fn eval(&self, lane: usize, key: &str, policy: Policy, cost: u32) -> Result<Reply, StoreError> {
         let mut conn = self.connection(lane).await?;
         let mut invocation = self.script.key(key);
         invocation.arg(policy.limit()).arg(policy.window_ms()).arg(cost);
-        let reply = invocation.invoke_async(&mut conn).await;
-        reply.map_err(|e| {
-            if e.is_unrecoverable_error() || e.is_io_error() {
-                self.reset(lane);
+        match invocation.invoke_async(&mut conn).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                if e.is_unrecoverable_error() || e.is_io_error() {
+                    self.reset(lane).await;
+                }
+                Err(classify(e))
             }
-            classify(e)
-        })
+        }
     }
 }
 

@@ -34,8 +34,7 @@ pub fn verdict(records: &[Record], limit: u32, window_ms: u64) -> Verdict {
         prefix[hi] - prefix[lo.min(hi)]
     };
     // Rule 1: every [t, t + W) starting at an allowed unit; the maximum starts at one.
-    let max_in_window =
-        allowed.iter().map(|&(t, _)| units_in(t.checked_sub(1), t + window_ms - 1)).max().unwrap_or(0);
+    let max_in_window = allowed.iter().map(|&(t, _)| units_in(t.checked_sub(1), t + window_ms - 1)).max().unwrap_or(0);
     // Rule 2: a denial at T is wrong if (T - W, T] held room for its cost. Units allowed
     // later in the same millisecond are counted too, so this never flags a right denial.
     let wrongly_denied = records

@@ -1,0 +1,82 @@
+//! What only the Redis store has: key names, memory per key, and recovery when
+//! Redis loses its scripts or restarts empty.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, check, try_check};
+
+async fn keys(backend: &Backend) -> Vec<String> {
+    let redis = backend.redis.as_ref().expect("a Redis backend");
+    redis::cmd("KEYS").arg("*").query_async(&mut redis.conn().await).await.expect("KEYS")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_key_per_api_key_named_by_fingerprint_in_one_cluster_slot() {
+    let backend = Backend::redis().await;
+    let server = backend.server(300, "60s").await;
+    let mut client = server.client().await;
+    let api_key = "sk_live_do_not_leak_4242";
+    for _ in 0..5 {
+        check(&mut client, api_key, 1).await;
+    }
+    let expected = format!("ratelimitd:{{{}}}", server.fingerprint(api_key));
+    assert_eq!(keys(&backend).await, vec![expected]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saturated_key_at_300_takes_under_3_kb() {
+    let backend = Backend::redis().await;
+    let server = backend.server(300, "60s").await;
+    let mut client = server.client().await;
+    for _ in 0..300 {
+        assert!(check(&mut client, "busy", 1).await.allowed);
+    }
+    assert!(!check(&mut client, "busy", 1).await.allowed);
+    let key = keys(&backend).await.pop().expect("one key");
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let bytes: u64 = redis::cmd("MEMORY").arg("USAGE").arg(&key).query_async(&mut conn).await.unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    println!("MEMORY USAGE of a saturated key at L = 300: {bytes} bytes");
+    assert!(bytes <= 3 * 1024, "{bytes} bytes per saturated key");
+    assert!(ttl_ms > 0 && ttl_ms <= 60_000, "idle keys must expire: PTTL {ttl_ms}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovers_when_redis_forgets_the_script() {
+    let backend = Backend::redis().await;
+    let server = backend.server(10, "60s").await;
+    let mut client = server.client().await;
+    assert_eq!(check(&mut client, "k", 1).await.remaining, 9);
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+    // NOSCRIPT is answered by loading the script again, within the same call.
+    assert_eq!(check(&mut client, "k", 1).await.remaining, 8);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovers_when_redis_restarts_empty() {
+    let backend = Backend::redis().await;
+    let server = backend.server(10, "60s").await;
+    let mut client = server.client().await;
+    assert!(check(&mut client, "k", 10).await.allowed);
+    assert!(!check(&mut client, "k", 1).await.allowed);
+
+    backend.redis.as_ref().unwrap().restart().await;
+
+    // The broken connection may fail a call or two (UNAVAILABLE); then calls succeed
+    // without restarting ratelimitd, on a Redis that lost the key's history.
+    let started = Instant::now();
+    let recovered = loop {
+        match try_check(&mut client, "k", 1).await {
+            Ok(decision) => break decision,
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no recovery within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("recovered {:?} after the restart", started.elapsed());
+    assert!(recovered.allowed, "Redis lost the history, so the key starts afresh");
+    assert_eq!(recovered.remaining, 9);
+}
