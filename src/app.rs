@@ -65,7 +65,7 @@ async fn serve<S: Store>(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    let addr = listener.local_addr().ok();
+    let addr = listener.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
     let service = RateLimiterServer::new(RateLimiterService::new(limiter)).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let draining = Arc::new(Notify::new());
     let signal = {
@@ -81,7 +81,7 @@ async fn serve<S: Store>(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
-    tracing::info!(addr = ?addr, "serving ratelimit.v1.RateLimiter");
+    tracing::info!(%addr, "serving ratelimit.v1.RateLimiter");
     let grace = config.shutdown_grace;
     tokio::select! {
         served = server => served?,

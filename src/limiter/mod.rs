@@ -91,3 +91,47 @@ fn validate_cost(cost: u32, policy: Policy) -> Result<u32, CheckError> {
     }
     Ok(cost)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn limiter(limit: u32) -> Limiter<MemoryStore> {
+        let policy = Policy::new(limit, Duration::from_secs(60)).unwrap();
+        Limiter::new(MemoryStore::new(), SharedPolicies::new(Policies::uniform(policy)), Fingerprinter::new(b"s"))
+    }
+
+    fn field_of(result: Result<Decision, CheckError>) -> &'static str {
+        match result {
+            Err(CheckError::InvalidArgument { field, .. }) => field,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_input_names_its_field_and_writes_nothing() {
+        let limiter = limiter(300);
+        assert_eq!(field_of(limiter.check_and_consume("", 1).await), "key_id");
+        let long = "k".repeat(MAX_KEY_ID_BYTES + 1);
+        assert_eq!(field_of(limiter.check_and_consume(&long, 1).await), "key_id");
+        assert_eq!(field_of(limiter.check_and_consume("k", 301).await), "cost");
+        assert!(limiter.store().is_empty(), "a rejected request wrote to the store");
+    }
+
+    #[tokio::test]
+    async fn messages_never_carry_the_key() {
+        let long = format!("sk_live_{}", "7".repeat(MAX_KEY_ID_BYTES));
+        let error = limiter(3).check_and_consume(&long, 1).await.unwrap_err().to_string();
+        assert!(!error.contains("sk_live_"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn zero_cost_means_one_and_the_whole_limit_fits() {
+        let limiter = limiter(3);
+        assert_eq!(limiter.check_and_consume("k", 0).await.unwrap().remaining, 2);
+        assert!(limiter.check_and_consume("j", 3).await.unwrap().allowed);
+    }
+}

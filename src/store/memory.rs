@@ -92,3 +92,25 @@ impl Store for MemoryStore {
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_keys_are_evicted_and_live_ones_kept() {
+        let store = MemoryStore::new();
+        let short = Policy::new(5, Duration::from_millis(50)).unwrap();
+        let long = Policy::new(5, Duration::from_secs(60)).unwrap();
+        for i in 0..100u8 {
+            store.check_and_consume(&Fingerprint::from_bytes([i; 16]), short, 1).await.unwrap();
+        }
+        store.check_and_consume(&Fingerprint::from_bytes([200; 16]), long, 1).await.unwrap();
+        assert_eq!(store.len(), 101);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.evict_idle(), 100);
+        assert_eq!(store.len(), 1, "the key still inside its window stays");
+    }
+}

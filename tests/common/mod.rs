@@ -76,6 +76,15 @@ impl Redis {
         self.container.stop().await.expect("stop Redis");
         self.container.start().await.expect("start Redis again");
     }
+
+    /// Freezes Redis (`docker pause`): calls hang rather than fail.
+    pub async fn pause(&self) {
+        self.container.pause().await.expect("pause Redis");
+    }
+
+    pub async fn unpause(&self) {
+        self.container.unpause().await.expect("unpause Redis");
+    }
 }
 
 /// Where a test's servers keep their state: in process, or in a Redis of its own.
@@ -178,7 +187,7 @@ pub async fn try_check(client: &mut Client, key_id: &str, cost: u32) -> Result<C
     client.check_and_consume(request).await.map(tonic::Response::into_inner)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
 }
