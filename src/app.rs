@@ -1,11 +1,12 @@
-//! Wires a store, the limiter and the gRPC server, and runs them until shutdown.
+//! Wires a store, the limiter, the gRPC server and the metrics endpoint, and runs
+//! them until shutdown.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
@@ -13,6 +14,7 @@ use crate::config::{Config, StoreConfig};
 use crate::grpc::RateLimiterService;
 use crate::grpc::pb::rate_limiter_server::RateLimiterServer;
 use crate::limiter::Limiter;
+use crate::metrics::{self, Exposition, MetricsError, Throttled};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 
 /// Requests are a key of at most 256 bytes and a cost: anything near this is abuse.
@@ -21,29 +23,74 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// How often the in-process store drops keys whose window has passed.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle replica checks that Redis still answers.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot set up the store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the metrics endpoint failed: {0}")]
+    MetricsEndpoint(std::io::Error),
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight calls finish within the configured grace period, and returns.
+/// The already-bound sockets to serve on (tests bind port 0).
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// `None` serves no `/metrics` (metrics are still recorded).
+    pub metrics: Option<TcpListener>,
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight calls
+/// finish within the configured grace period, and returns.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
+    let handle = metrics::recorder()?;
+    metrics::config_loaded(true);
+    let throttled = Arc::new(Throttled::new(config.throttle));
+    let (stop, stopping) = watch::channel(false);
+    let forward = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let endpoint = listeners.metrics.map(|listener| {
+        let exposition = Exposition { handle: handle.clone(), throttled: throttled.clone() };
+        tokio::spawn(metrics::serve(listener, exposition, stopped(stopping.clone())))
+    });
+    let reporter = tokio::spawn(report(throttled.clone(), handle));
+    let served = serve_on_store(listeners.grpc, &config, throttled, stopped(stopping)).await;
+    reporter.abort();
+    forward.abort();
+    if let Some(endpoint) = endpoint {
+        endpoint.abort();
+        if let Ok(Err(e)) = endpoint.await {
+            return Err(AppError::MetricsEndpoint(e));
+        }
+    }
+    served
+}
+
+async fn serve_on_store(
+    listener: TcpListener,
+    config: &Config,
+    throttled: Arc<Throttled>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let (policies, fingerprinter) = (config.policies.clone(), config.fingerprinter.clone());
     match &config.store {
         StoreConfig::Memory => {
             tracing::warn!("no --redis-url: using the in-process store, so limits are per process, not shared");
-            let limiter =
-                Arc::new(Limiter::new(MemoryStore::new(), config.policies.clone(), config.fingerprinter.clone()));
+            metrics::store_up(true);
+            let limiter = Arc::new(Limiter::new(MemoryStore::new(), policies, fingerprinter, throttled));
             let janitor = tokio::spawn(evict_idle(Arc::downgrade(&limiter)));
-            let served = serve(listener, limiter, &config, shutdown).await;
+            let served = serve(listener, limiter, config, shutdown).await;
             janitor.abort();
             served
         }
@@ -53,8 +100,11 @@ pub async fn run(
                 Ok(()) => tracing::info!(key_prefix = %options.key_prefix, "Redis store ready; limits are shared"),
                 Err(e) => tracing::error!(error = %e, "Redis not reachable yet; calls get UNAVAILABLE until it is"),
             }
-            let limiter = Arc::new(Limiter::new(store, config.policies.clone(), config.fingerprinter.clone()));
-            serve(listener, limiter, &config, shutdown).await
+            let limiter = Arc::new(Limiter::new(store, policies, fingerprinter, throttled));
+            let probe = tokio::spawn(probe_redis(Arc::downgrade(&limiter)));
+            let served = serve(listener, limiter, config, shutdown).await;
+            probe.abort();
+            served
         }
     }
 }
@@ -93,6 +143,24 @@ async fn serve<S: Store>(
     Ok(())
 }
 
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Rotates the throttled-keys report each interval and drains histogram buffers.
+async fn report(throttled: Arc<Throttled>, handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let period = throttled.interval();
+    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = rotate.tick() => throttled.rotate(),
+            _ = upkeep.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 /// Runs until the limiter is dropped.
 async fn evict_idle(limiter: Weak<Limiter<MemoryStore>>) {
     let mut tick = tokio::time::interval(EVICTION_INTERVAL);
@@ -101,5 +169,16 @@ async fn evict_idle(limiter: Weak<Limiter<MemoryStore>>) {
         let Some(limiter) = limiter.upgrade() else { return };
         let evicted = limiter.store().evict_idle();
         tracing::trace!(evicted, "evicted idle keys");
+    }
+}
+
+/// Keeps `ratelimitd_store_up` true to Redis even when no checks arrive.
+async fn probe_redis(limiter: Weak<Limiter<RedisStore>>) {
+    let mut tick = tokio::time::interval(STORE_PROBE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(limiter) = limiter.upgrade() else { return };
+        let answer = limiter.store().ping().await;
+        metrics::store_up(answer.is_ok());
     }
 }

@@ -21,6 +21,10 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus endpoint, GET /metrics.
+    #[arg(long, env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+
     /// Redis to share limits through: redis://[user:password@]host:port[/db], or rediss:// for TLS.
     /// Without it, limits are kept in this process only.
     #[arg(long, env = "RATELIMITD_REDIS_URL", hide_env_values = true)]
@@ -57,6 +61,20 @@ pub struct Cli {
     /// File holding the fingerprint secret (surrounding whitespace is ignored).
     #[arg(long, env = "RATELIMITD_FINGERPRINT_SECRET_FILE", conflicts_with = "fingerprint_secret")]
     pub fingerprint_secret_file: Option<PathBuf>,
+
+    /// How many of the most throttled keys get a series of their own in the metrics.
+    #[arg(long, env = "RATELIMITD_THROTTLED_TOP_K", default_value_t = 20,
+          value_parser = value_parser!(u16).range(1..=1000))]
+    pub throttled_top_k: u16,
+
+    /// Period of the throttled-keys report (the metrics cover the last one to two
+    /// periods) and of the "key throttled" log line, at most once per key per period.
+    #[arg(long, env = "RATELIMITD_THROTTLED_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub throttled_interval: Duration,
+
+    /// Fraction of its limit (0 to 1) a key must have used to count as near its limit.
+    #[arg(long, env = "RATELIMITD_NEAR_LIMIT_FRACTION", default_value_t = 0.8)]
+    pub near_limit_fraction: f64,
 
     /// Log format. The level comes from RUST_LOG (default: info).
     #[arg(long, env = "RATELIMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]

@@ -1,18 +1,23 @@
 //! The validated configuration, built once from the command line; the rest of the
 //! code trusts it.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::cli::{Cli, LogFormat};
 use crate::limiter::{Fingerprinter, Policies, Policy, PolicyError, SharedPolicies};
+use crate::metrics::ThrottleOptions;
 use crate::store::redis::RedisOptions;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
     pub store: StoreConfig,
     /// The live policies; replacing them changes limits without a restart.
     pub policies: SharedPolicies,
     pub fingerprinter: Fingerprinter,
+    pub throttle: ThrottleOptions,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
 }
@@ -42,6 +47,10 @@ pub enum ConfigError {
     MissingSecret,
     #[error("--fingerprint-secret must not be empty")]
     EmptySecret,
+    #[error("--throttled-interval must be at least 1s, got {0:?}")]
+    ThrottledInterval(Duration),
+    #[error("--near-limit-fraction must be above 0 and at most 1, got {0}")]
+    NearLimitFraction(f64),
     #[error("--fingerprint-secret-file {path}: {source}")]
     SecretFile { path: String, source: std::io::Error },
 }
@@ -53,6 +62,7 @@ impl Config {
             PolicyError::Window(window) => ConfigError::Window(window),
         })?;
         let secret = read_secret(&cli)?;
+        let throttle = throttle_options(&cli)?;
         let store = match cli.redis_url {
             None => StoreConfig::Memory,
             Some(url) => {
@@ -76,13 +86,31 @@ impl Config {
         // With the in-process store nothing outlives the process, so a random secret will do.
         let secret = secret.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
         Ok(Self {
+            listen: cli.listen,
+            metrics_listen: cli.metrics_listen,
             store,
             policies: SharedPolicies::new(Policies::uniform(default)),
             fingerprinter: Fingerprinter::new(&secret),
+            throttle,
             log_format: cli.log_format,
             shutdown_grace: cli.shutdown_grace,
         })
     }
+}
+
+fn throttle_options(cli: &Cli) -> Result<ThrottleOptions, ConfigError> {
+    if cli.throttled_interval < Duration::from_secs(1) {
+        return Err(ConfigError::ThrottledInterval(cli.throttled_interval));
+    }
+    let fraction = cli.near_limit_fraction;
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(ConfigError::NearLimitFraction(fraction));
+    }
+    Ok(ThrottleOptions {
+        top_k: cli.throttled_top_k.into(),
+        interval: cli.throttled_interval,
+        near_limit_fraction: fraction,
+    })
 }
 
 fn read_secret(cli: &Cli) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -129,6 +157,9 @@ mod tests {
             (&["--redis-url", "redis://h", "--fingerprint-secret", "s", "--redis-timeout", "0s"], "--redis-timeout"),
             (&["--fingerprint-secret", ""], "--fingerprint-secret"),
             (&["--fingerprint-secret-file", "/nonexistent/secret"], "--fingerprint-secret-file"),
+            (&["--throttled-interval", "10ms"], "--throttled-interval"),
+            (&["--near-limit-fraction", "0"], "--near-limit-fraction"),
+            (&["--near-limit-fraction", "NaN"], "--near-limit-fraction"),
         ];
         for (args, flag) in cases {
             let message = parse(args).expect_err("must be rejected").to_string();

@@ -16,6 +16,16 @@ pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod limiter;
+pub mod metrics;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks a std mutex. A poisoned one still holds consistent data (nothing here
+/// panics while changing guarded state), so it is used rather than failing every
+/// later call.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ratelimitd::app::Listeners;
 use ratelimitd::cli::Cli;
 use ratelimitd::config::Config;
 use ratelimitd::{app, shutdown, telemetry};
@@ -10,7 +11,6 @@ use ratelimitd::{app, shutdown, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let listen = cli.listen;
     let config = match Config::from_cli(cli) {
         Ok(config) => config,
         Err(e) => {
@@ -19,18 +19,27 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
+    let listeners = match bind(&config).await {
+        Ok(listeners) => listeners,
         Err(e) => {
-            eprintln!("ratelimitd: error: --listen {listen}: {e}");
+            eprintln!("ratelimitd: error: {e}");
             return ExitCode::from(2);
         }
     };
-    match app::run(listener, config, shutdown::signal()).await {
+    match app::run(listeners, config, shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "ratelimitd stopped");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn bind(config: &Config) -> Result<Listeners, String> {
+    let bind = |flag: &'static str, addr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{flag} {addr}: {e}"))
+    };
+    let grpc = bind("--listen", config.listen).await?;
+    let metrics = bind("--metrics-listen", config.metrics_listen).await?;
+    Ok(Listeners { grpc, metrics: Some(metrics) })
 }

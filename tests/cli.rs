@@ -17,9 +17,12 @@ fn ratelimitd(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Flags, environment, and the flag the error must name.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn a_bad_value_exits_non_zero_with_a_first_line_naming_the_flag() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (&["--limit", "0"], &[], "--limit"),
         (&["--limit", "many"], &[], "--limit"),
         (&[], &[("RATELIMITD_LIMIT", "0")], "--limit"),

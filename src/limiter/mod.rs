@@ -9,6 +9,10 @@ pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use policy::{MAX_LIMIT, MAX_WINDOW, Policies, Policy, PolicyError, SharedPolicies};
 pub use ring::Ring;
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::metrics::{self, InFlight, Throttled};
 use crate::store::{Store, StoreError};
 
 /// The longest `key_id` accepted, in bytes.
@@ -49,11 +53,12 @@ pub struct Limiter<S> {
     store: S,
     policies: SharedPolicies,
     fingerprinter: Fingerprinter,
+    throttled: Arc<Throttled>,
 }
 
 impl<S: Store> Limiter<S> {
-    pub fn new(store: S, policies: SharedPolicies, fingerprinter: Fingerprinter) -> Self {
-        Self { store, policies, fingerprinter }
+    pub fn new(store: S, policies: SharedPolicies, fingerprinter: Fingerprinter, throttled: Arc<Throttled>) -> Self {
+        Self { store, policies, fingerprinter, throttled }
     }
 
     pub fn store(&self) -> &S {
@@ -63,11 +68,21 @@ impl<S: Store> Limiter<S> {
     /// Counts `cost` units (0 means 1) against `key_id` if they fit. A rejected
     /// request writes nothing. Records the key's fingerprint in the current span.
     pub async fn check_and_consume(&self, key_id: &str, cost: u32) -> Result<Decision, CheckError> {
-        let key = self.key(key_id)?;
+        let started = Instant::now();
+        let key = self.key(key_id).inspect_err(count_invalid)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
-        let policy = self.policies.for_key(&key);
-        let cost = validate_cost(cost, policy)?;
-        Ok(self.store.check_and_consume(&key, policy, cost).await?)
+        let (policy, policy_name) = self.policies.lookup(&key);
+        let cost = validate_cost(cost, policy).inspect_err(count_invalid)?;
+        let in_flight = InFlight::start();
+        let result = self.store.check_and_consume(&key, policy, cost).await;
+        drop(in_flight);
+        metrics::check_done(policy_name, cost, result.as_ref().map(|d| d.allowed).map_err(|_| ()), started.elapsed());
+        match &result {
+            Ok(decision) => self.throttled.record(&key, decision),
+            Err(e) if e.is_transient() => metrics::store_up(false),
+            Err(_) => {}
+        }
+        Ok(result?)
     }
 
     fn key(&self, key_id: &str) -> Result<Fingerprint, CheckError> {
@@ -79,6 +94,12 @@ impl<S: Store> Limiter<S> {
             return Err(CheckError::invalid("key_id", reason));
         }
         Ok(self.fingerprinter.fingerprint(key_id))
+    }
+}
+
+fn count_invalid(error: &CheckError) {
+    if let CheckError::InvalidArgument { field, .. } = error {
+        metrics::invalid_request(field);
     }
 }
 
@@ -101,7 +122,17 @@ mod tests {
 
     fn limiter(limit: u32) -> Limiter<MemoryStore> {
         let policy = Policy::new(limit, Duration::from_secs(60)).unwrap();
-        Limiter::new(MemoryStore::new(), SharedPolicies::new(Policies::uniform(policy)), Fingerprinter::new(b"s"))
+        let throttled = Arc::new(Throttled::new(metrics::ThrottleOptions {
+            top_k: 20,
+            interval: Duration::from_secs(60),
+            near_limit_fraction: 0.8,
+        }));
+        Limiter::new(
+            MemoryStore::new(),
+            SharedPolicies::new(Policies::uniform(policy)),
+            Fingerprinter::new(b"s"),
+            throttled,
+        )
     }
 
     fn field_of(result: Result<Decision, CheckError>) -> &'static str {

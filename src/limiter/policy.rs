@@ -65,7 +65,15 @@ impl Policies {
     }
 
     pub fn for_key(&self, key: &Fingerprint) -> Policy {
-        self.overrides.get(key).copied().unwrap_or(self.default)
+        self.lookup(key).0
+    }
+
+    /// The key's policy and its name for metrics: `override` or `default`.
+    pub fn lookup(&self, key: &Fingerprint) -> (Policy, &'static str) {
+        match self.overrides.get(key) {
+            Some(policy) => (*policy, "override"),
+            None => (self.default, "default"),
+        }
     }
 }
 
@@ -81,6 +89,10 @@ impl SharedPolicies {
 
     pub fn for_key(&self, key: &Fingerprint) -> Policy {
         self.0.load().for_key(key)
+    }
+
+    pub fn lookup(&self, key: &Fingerprint) -> (Policy, &'static str) {
+        self.0.load().lookup(key)
     }
 
     pub fn current(&self) -> Arc<Policies> {

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Store, StoreError, lock};
+use super::{Store, StoreError};
 use crate::limiter::{Decision, Fingerprint, Policy, Ring};
+use crate::lock;
 
 /// Shards keep one hot key from serialising every other key behind its lock.
 const SHARDS: usize = 64;

@@ -6,7 +6,6 @@ pub mod memory;
 pub mod redis;
 
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::limiter::{Decision, Fingerprint, Policy};
@@ -42,11 +41,13 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Timeout(_) | Self::Unavailable(_))
     }
-}
 
-/// Locks a std mutex that guards store state. A poisoned one still holds
-/// consistent data (nothing panics while it is changed), so it is used rather
-/// than failing every later call.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// The `kind` label of the error metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Unavailable(_) => "unavailable",
+            Self::Failed(_) => "failed",
+        }
+    }
 }

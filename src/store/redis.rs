@@ -12,6 +12,7 @@ use tokio::sync::RwLock;
 
 use super::{Store, StoreError};
 use crate::limiter::{Decision, Fingerprint, Policy};
+use crate::metrics;
 
 const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
 
@@ -132,8 +133,10 @@ impl Store for RedisStore {
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let key = self.key_name(key);
         let call = self.eval(lane, &key, policy, cost);
-        let (allowed, remaining, retry_after_ms, reset_after_ms, decided_at_ms) =
-            tokio::time::timeout(self.timeout, call).await.map_err(|_| StoreError::Timeout(self.timeout))??;
+        let started = std::time::Instant::now();
+        let reply = tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(StoreError::Timeout(self.timeout)));
+        metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
+        let (allowed, remaining, retry_after_ms, reset_after_ms, decided_at_ms) = reply?;
         Ok(Decision {
             allowed: allowed == 1,
             limit: policy.limit(),

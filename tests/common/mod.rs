@@ -133,7 +133,8 @@ impl TestServer {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(app::run(listener, config.clone(), shutdown));
+        let listeners = app::Listeners { grpc: listener, metrics: None };
+        let task = tokio::spawn(app::run(listeners, config.clone(), shutdown));
         Self { addr, config, stop: Some(stop), task }
     }
 

@@ -1,0 +1,170 @@
+//! Prometheus metrics: names and help texts, the recorder, the `/metrics` endpoint,
+//! and the recording helpers the limiter and stores call. No metric is labelled
+//! with a raw key; per-key series exist only for the top K throttled keys.
+
+mod sketch;
+mod throttled;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+pub use throttled::{ThrottleOptions, Throttled};
+
+pub const DECISIONS: &str = "ratelimitd_decisions_total";
+pub const REQUESTED_UNITS: &str = "ratelimitd_requested_units_total";
+pub const INVALID_REQUESTS: &str = "ratelimitd_invalid_requests_total";
+pub const CHECK_DURATION: &str = "ratelimitd_check_duration_seconds";
+pub const CHECKS_IN_FLIGHT: &str = "ratelimitd_checks_in_flight";
+pub const REDIS_CALL_DURATION: &str = "ratelimitd_redis_call_duration_seconds";
+pub const REDIS_ERRORS: &str = "ratelimitd_redis_errors_total";
+pub const STORE_UP: &str = "ratelimitd_store_up";
+pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
+pub const CONFIG_LAST_SUCCESS: &str = "ratelimitd_config_last_load_success_timestamp_seconds";
+pub const THROTTLED_KEY_DENIALS: &str = "ratelimitd_throttled_key_denials";
+pub const THROTTLED_KEYS: &str = "ratelimitd_throttled_keys";
+pub const KEYS_NEAR_LIMIT: &str = "ratelimitd_keys_near_limit";
+
+const THROTTLED_KEY_DENIALS_HELP: &str = "Denials of the most throttled keys (top K by denials, space-saving estimate) \
+     over the last one to two throttled intervals, by key fingerprint.";
+const THROTTLED_KEYS_HELP: &str =
+    "Distinct keys denied at least once over the last one to two throttled intervals (HyperLogLog estimate).";
+const KEYS_NEAR_LIMIT_HELP: &str = "Distinct keys that used at least the near-limit fraction of their limit \
+     over the last one to two throttled intervals (HyperLogLog estimate).";
+
+/// Latency buckets from 50 µs to 1 s: a check on loopback Redis takes a fraction
+/// of a millisecond, so the low end needs the resolution.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up metrics: {0}")]
+pub struct MetricsError(String);
+
+/// The process-wide recorder: the `metrics` facade has one global recorder, so
+/// several servers in one process (tests) share it.
+pub fn recorder() -> Result<PrometheusHandle, MetricsError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| MetricsError(e.to_string()))?
+        .build_recorder();
+    let handle = HANDLE.get_or_init(|| recorder.handle()).clone();
+    if ::metrics::set_global_recorder(recorder).is_ok() {
+        describe();
+    }
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(DECISIONS, "Decisions by result (allowed, denied, error) and policy (default, override).");
+    describe_counter!(REQUESTED_UNITS, "Units of cost requested, by result (allowed, denied, error).");
+    describe_counter!(INVALID_REQUESTS, "Requests rejected with INVALID_ARGUMENT, by the field that was wrong.");
+    describe_histogram!(
+        CHECK_DURATION,
+        ::metrics::Unit::Seconds,
+        "Time to decide one valid check, store call included."
+    );
+    describe_gauge!(CHECKS_IN_FLIGHT, "Checks being decided right now.");
+    describe_histogram!(
+        REDIS_CALL_DURATION,
+        ::metrics::Unit::Seconds,
+        "Duration of each Redis script call, by outcome."
+    );
+    describe_counter!(REDIS_ERRORS, "Failed Redis calls by kind (timeout, unavailable, failed).");
+    describe_gauge!(STORE_UP, "1 if the last store call or health probe succeeded, else 0.");
+    describe_counter!(CONFIG_LOADS, "Configuration loads by result (success, failure).");
+    describe_gauge!(CONFIG_LAST_SUCCESS, "Unix time of the last successful configuration load.");
+}
+
+/// What `/metrics` shows: the facade's metrics and the throttled-keys report.
+#[derive(Clone)]
+pub struct Exposition {
+    pub handle: PrometheusHandle,
+    pub throttled: Arc<Throttled>,
+}
+
+impl Exposition {
+    pub fn render(&self) -> String {
+        let mut text = self.handle.render();
+        self.throttled.render(&mut text);
+        text
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    exposition: Exposition,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let route = get(move || {
+        let text = exposition.render();
+        async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text) }
+    });
+    let app = Router::new().route("/metrics", route);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Counts a configuration load; the first is the one at start-up.
+pub fn config_loaded(ok: bool) {
+    counter!(CONFIG_LOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+    if ok {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        gauge!(CONFIG_LAST_SUCCESS).set(now);
+    }
+}
+
+pub fn invalid_request(field: &'static str) {
+    counter!(INVALID_REQUESTS, "field" => field).increment(1);
+}
+
+pub fn store_up(up: bool) {
+    gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// One decided (or failed) check.
+pub fn check_done(policy: &'static str, cost: u32, outcome: Result<bool, ()>, elapsed: Duration) {
+    let result = match outcome {
+        Ok(true) => "allowed",
+        Ok(false) => "denied",
+        Err(()) => "error",
+    };
+    counter!(DECISIONS, "result" => result, "policy" => policy).increment(1);
+    counter!(REQUESTED_UNITS, "result" => result).increment(u64::from(cost));
+    histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn redis_call(elapsed: Duration, error: Option<&'static str>) {
+    histogram!(REDIS_CALL_DURATION, "outcome" => if error.is_some() { "error" } else { "ok" })
+        .record(elapsed.as_secs_f64());
+    if let Some(kind) = error {
+        counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+    }
+}
+
+/// Counts a check as in flight until dropped, so cancelled calls are counted out too.
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> Self {
+        gauge!(CHECKS_IN_FLIGHT).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(CHECKS_IN_FLIGHT).decrement(1.0);
+    }
+}
