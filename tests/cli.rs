@@ -3,13 +3,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::{check, free_port};
-use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ratelimitd");
+use common::check;
+use common::process::{BIN, Process};
 
 fn ratelimitd(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
@@ -31,6 +28,8 @@ fn a_bad_value_exits_non_zero_with_a_first_line_naming_the_flag() {
         (&["--redis-url", "redis://127.0.0.1:1"], &[], "--fingerprint-secret"),
         (&["--redis-connections", "0"], &[], "--redis-connections"),
         (&["--log-format", "xml"], &[], "--log-format"),
+        (&["--metrics-listen", "127.0.0.1:99999"], &[], "--metrics-listen"),
+        (&["--near-limit-fraction", "1.5"], &[], "--near-limit-fraction"),
     ];
     for (args, env, flag) in cases {
         let output = ratelimitd(args, env).output().expect("run ratelimitd");
@@ -57,6 +56,10 @@ fn help_explains_every_flag_and_its_environment_variable() {
         "fingerprint-secret-file",
         "log-format",
         "shutdown-grace",
+        "metrics-listen",
+        "throttled-top-k",
+        "throttled-interval",
+        "near-limit-fraction",
     ] {
         let env = format!("RATELIMITD_{}", flag.to_uppercase().replace('-', "_"));
         assert!(help.contains(&format!("--{flag} ")), "--{flag} missing from --help");
@@ -66,31 +69,18 @@ fn help_explains_every_flag_and_its_environment_variable() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serves_in_process_logs_no_key_and_exits_0_on_sigterm() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = ratelimitd(&["--listen", &listen, "--limit", "2", "--log-format", "json"], &[("RUST_LOG", "debug")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ratelimitd");
+    let mut server = Process::start(&["--limit", "2", "--log-format", "json"]);
+    let mut client = server.client().await;
     let secret_key = "sk_live_SECRET_4f1c9a";
-    let mut client = loop {
-        if let Ok(client) = RateLimiterClient::connect(format!("http://{listen}")).await {
-            break client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
     assert!(check(&mut client, secret_key, 2).await.allowed);
     assert!(!check(&mut client, secret_key, 1).await.allowed);
     let _ = common::try_check(&mut client, &"x".repeat(300), 1).await;
     drop(client);
 
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(kill.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-    let logs = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{logs}");
+    assert_eq!(server.terminate(), Some(0), "{}", server.logs());
+    let logs = server.logs();
     assert!(logs.contains("limits are per process"), "no start-up warning: {logs}");
     assert!(logs.contains("SIGTERM received"), "{logs}");
-    assert!(!logs.contains(secret_key) && !logs.contains("SECRET_4f1c9a"), "the API key reached the logs");
+    assert!(!logs.contains("SECRET_4f1c9a"), "the API key reached the logs");
     assert!(!logs.contains("xxxxxxxxxx"), "a rejected key reached the logs");
 }

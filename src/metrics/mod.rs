@@ -32,6 +32,23 @@ pub const THROTTLED_KEY_DENIALS: &str = "ratelimitd_throttled_key_denials";
 pub const THROTTLED_KEYS: &str = "ratelimitd_throttled_keys";
 pub const KEYS_NEAR_LIMIT: &str = "ratelimitd_keys_near_limit";
 
+/// Every metric ratelimitd exports (README and the dashboard are checked against it).
+pub const ALL: &[&str] = &[
+    DECISIONS,
+    REQUESTED_UNITS,
+    INVALID_REQUESTS,
+    CHECK_DURATION,
+    CHECKS_IN_FLIGHT,
+    REDIS_CALL_DURATION,
+    REDIS_ERRORS,
+    STORE_UP,
+    CONFIG_LOADS,
+    CONFIG_LAST_SUCCESS,
+    THROTTLED_KEY_DENIALS,
+    THROTTLED_KEYS,
+    KEYS_NEAR_LIMIT,
+];
+
 const THROTTLED_KEY_DENIALS_HELP: &str = "Denials of the most throttled keys (top K by denials, space-saving estimate) \
      over the last one to two throttled intervals, by key fingerprint.";
 const THROTTLED_KEYS_HELP: &str =

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 pub mod exactness;
+pub mod process;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::time::Duration;

@@ -1,0 +1,184 @@
+//! Metrics as an operator sees them: a valid exposition, no raw key anywhere,
+//! bounded series however many keys are throttled, and a real Prometheus that
+//! finds the most throttled key.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::process::{Process, http_get};
+use common::{check, free_port, try_check};
+use ratelimitd::limiter::Fingerprinter;
+
+const SECRET: &str = "metrics-test-secret";
+
+fn fingerprint(key_id: &str) -> String {
+    Fingerprinter::new(SECRET.as_bytes()).fingerprint(key_id).to_string()
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+fn value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn tool(name: &str) -> Command {
+    let found = Command::new("sh").args(["-c", &format!("command -v {name}")]).output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "{name} not found: scripts/test installs it (Debian's prometheus package)"
+    );
+    Command::new(name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exposition_passes_promtool_and_never_shows_a_raw_key() {
+    let mut server = Process::start(&["--limit", "3", "--fingerprint-secret", SECRET, "--log-format", "json"]);
+    let mut client = server.client().await;
+    let (alpha, beta) = ("sk_live_alpha_SECRET_91b2", "sk_live_beta_SECRET_77c0");
+    for _ in 0..5 {
+        check(&mut client, alpha, 1).await;
+    }
+    for _ in 0..4 {
+        check(&mut client, beta, 1).await;
+    }
+    assert!(try_check(&mut client, "", 1).await.is_err());
+    assert!(try_check(&mut client, "sk_live_gamma_SECRET_0000", 4).await.is_err());
+    let text = server.scrape();
+
+    let mut promtool = tool("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let verdict = promtool.wait_with_output().unwrap();
+    let problems = String::from_utf8_lossy(&verdict.stdout) + String::from_utf8_lossy(&verdict.stderr);
+    assert!(verdict.status.success() && problems.trim().is_empty(), "promtool: {problems}\n{text}");
+
+    let decisions = "ratelimitd_decisions_total{result=";
+    assert_eq!(value(&text, &format!("{decisions}\"allowed\",policy=\"default\"}}")), Some(6.0), "{text}");
+    assert_eq!(value(&text, &format!("{decisions}\"denied\",policy=\"default\"}}")), Some(3.0), "{text}");
+    assert_eq!(value(&text, "ratelimitd_invalid_requests_total{field=\"key_id\"}"), Some(1.0));
+    assert_eq!(value(&text, "ratelimitd_invalid_requests_total{field=\"cost\"}"), Some(1.0));
+    let throttled = |key| format!("ratelimitd_throttled_key_denials{{key=\"{}\"}}", fingerprint(key));
+    assert_eq!(value(&text, &throttled(alpha)), Some(2.0), "{text}");
+    assert_eq!(value(&text, &throttled(beta)), Some(1.0), "{text}");
+    assert_eq!(value(&text, "ratelimitd_throttled_keys"), Some(2.0));
+    assert_eq!(value(&text, "ratelimitd_store_up"), Some(1.0));
+    for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+    }
+    assert!(!text.contains("SECRET"), "a raw key reached /metrics");
+
+    assert_eq!(server.terminate(), Some(0));
+    let logs = server.logs();
+    assert!(!logs.contains("SECRET"), "a raw key reached the logs");
+    let alpha_denials_logged =
+        logs.lines().filter(|l| l.contains("key throttled") && l.contains(&fingerprint(alpha))).count();
+    assert_eq!(alpha_denials_logged, 1, "denials are logged once per key per interval");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_throttled_keys_keep_the_series_at_top_k() {
+    const KEYS: usize = 10_000;
+    const CALLERS: usize = 32;
+    let server = Process::start(&["--limit", "1", "--throttled-top-k", "20", "--fingerprint-secret", SECRET]);
+    let client = server.client().await;
+    let mut callers = Vec::new();
+    for caller in 0..CALLERS {
+        let mut client = client.clone();
+        callers.push(tokio::spawn(async move {
+            for key in (caller..KEYS).step_by(CALLERS) {
+                let key_id = format!("key-{key}");
+                assert!(check(&mut client, &key_id, 1).await.allowed);
+                assert!(!check(&mut client, &key_id, 1).await.allowed);
+            }
+        }));
+    }
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+    let text = server.scrape();
+    let series = text.lines().filter(|l| l.starts_with("ratelimitd_throttled_key_denials{")).count();
+    assert_eq!(series, 20, "the throttled-keys series must stay at K");
+    let distinct = value(&text, "ratelimitd_throttled_keys").expect("ratelimitd_throttled_keys");
+    println!("{KEYS} keys throttled: {series} per-key series, ratelimitd_throttled_keys = {distinct}");
+    assert!((distinct - KEYS as f64).abs() < 0.05 * KEYS as f64, "estimate {distinct}");
+    assert!(value(&text, "ratelimitd_keys_near_limit").is_some_and(|v| (v - KEYS as f64).abs() < 500.0));
+}
+
+/// Starts `prometheus` on loopback, scraping `target` every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let yaml = format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ratelimitd\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let port = free_port();
+        let child = tool("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        Self { child, port, _dir: dir }
+    }
+
+    /// The `key` label of the result of an instant query, if any.
+    fn top_key(&self, query: &str) -> Option<String> {
+        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let body = std::panic::catch_unwind(|| http_get(addr, &format!("/api/v1/query?query={query}"))).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["data"]["result"][0]["metric"]["key"].as_str().map(str::to_owned)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_finds_the_most_throttled_key() {
+    let server = Process::start(&["--limit", "5", "--fingerprint-secret", SECRET]);
+    let prometheus = Prometheus::start(server.metrics);
+    let mut client = server.client().await;
+    for (key, calls) in [("partner-hot", 100), ("partner-warm", 30)] {
+        for _ in 0..calls {
+            check(&mut client, key, 1).await;
+        }
+    }
+    for other in 0..10 {
+        for _ in 0..8 {
+            check(&mut client, &format!("partner-{other}"), 1).await;
+        }
+    }
+    // topk(1, ratelimitd_throttled_key_denials), URL-encoded.
+    let query = "topk%281%2Cratelimitd_throttled_key_denials%29";
+    let started = Instant::now();
+    let top = loop {
+        if let Some(key) = prometheus.top_key(query) {
+            break key;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "Prometheus never returned the throttled keys");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("Prometheus found the top throttled key after {:?}", started.elapsed());
+    assert_eq!(top, fingerprint("partner-hot"));
+}
