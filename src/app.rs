@@ -21,7 +21,8 @@ use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Concurrent calls one HTTP/2 connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
-/// How often the in-process store drops keys whose window has passed.
+/// How often the in-process store drops keys whose window has passed, and the
+/// deny cache the denials that time has undone.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
 /// How often an idle replica checks that Redis still answers.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -100,7 +101,11 @@ async fn serve_on_store(
                 Ok(()) => tracing::info!(key_prefix = %options.key_prefix, "Redis store ready; limits are shared"),
                 Err(e) => tracing::error!(error = %e, "Redis not reachable yet; calls get UNAVAILABLE until it is"),
             }
-            let limiter = Arc::new(Limiter::new(store, policies, fingerprinter, throttled));
+            let mut limiter = Limiter::new(store, policies, fingerprinter, throttled);
+            if config.deny_cache {
+                limiter = limiter.with_deny_cache();
+            }
+            let limiter = Arc::new(limiter);
             let probe = tokio::spawn(probe_redis(Arc::downgrade(&limiter)));
             let served = serve(listener, limiter, config, shutdown).await;
             probe.abort();
@@ -172,13 +177,24 @@ async fn evict_idle(limiter: Weak<Limiter<MemoryStore>>) {
     }
 }
 
-/// Keeps `ratelimitd_store_up` true to Redis even when no checks arrive.
+/// Keeps `ratelimitd_store_up` true to Redis even when no checks arrive, and drops
+/// the deny cache's expired entries. Runs until the limiter is dropped.
 async fn probe_redis(limiter: Weak<Limiter<RedisStore>>) {
-    let mut tick = tokio::time::interval(STORE_PROBE_INTERVAL);
+    let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
+    let mut sweep = tokio::time::interval(EVICTION_INTERVAL);
     loop {
-        tick.tick().await;
-        let Some(limiter) = limiter.upgrade() else { return };
-        let answer = limiter.store().ping().await;
-        metrics::store_up(answer.is_ok());
+        tokio::select! {
+            _ = probe.tick() => {
+                let Some(limiter) = limiter.upgrade() else { return };
+                let answer = limiter.store().ping().await;
+                metrics::store_up(answer.is_ok());
+            }
+            _ = sweep.tick() => {
+                let Some(limiter) = limiter.upgrade() else { return };
+                if let Some(cache) = limiter.deny_cache() {
+                    cache.evict_expired();
+                }
+            }
+        }
     }
 }

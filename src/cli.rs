@@ -44,6 +44,11 @@ pub struct Cli {
           value_parser = value_parser!(u16).range(1..=256))]
     pub redis_connections: u16,
 
+    /// Answer a throttled key's requests locally while a Redis denial proves them
+    /// denied (exact: only time frees capacity). Only with --redis-url.
+    #[arg(long, env = "RATELIMITD_DENY_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub deny_cache: bool,
+
     /// Requests (units of cost) each API key may make per window, by default.
     #[arg(long, env = "RATELIMITD_LIMIT", default_value_t = 300)]
     pub limit: u32,

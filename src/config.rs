@@ -18,6 +18,8 @@ pub struct Config {
     pub policies: SharedPolicies,
     pub fingerprinter: Fingerprinter,
     pub throttle: ThrottleOptions,
+    /// Answer proven denials locally (Redis store only).
+    pub deny_cache: bool,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
 }
@@ -92,6 +94,7 @@ impl Config {
             policies: SharedPolicies::new(Policies::uniform(default)),
             fingerprinter: Fingerprinter::new(&secret),
             throttle,
+            deny_cache: cli.deny_cache,
             log_format: cli.log_format,
             shutdown_grace: cli.shutdown_grace,
         })

@@ -1,10 +1,12 @@
 //! The domain: policies, decisions, input validation and the exactness rule.
 //! Nothing here knows about gRPC or Redis; stores implement [`crate::store::Store`].
 
+mod deny_cache;
 mod fingerprint;
 mod policy;
 mod ring;
 
+pub use deny_cache::DenyCache;
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use policy::{MAX_LIMIT, MAX_WINDOW, Policies, Policy, PolicyError, SharedPolicies};
 pub use ring::Ring;
@@ -54,11 +56,23 @@ pub struct Limiter<S> {
     policies: SharedPolicies,
     fingerprinter: Fingerprinter,
     throttled: Arc<Throttled>,
+    deny_cache: Option<DenyCache>,
 }
 
 impl<S: Store> Limiter<S> {
     pub fn new(store: S, policies: SharedPolicies, fingerprinter: Fingerprinter, throttled: Arc<Throttled>) -> Self {
-        Self { store, policies, fingerprinter, throttled }
+        Self { store, policies, fingerprinter, throttled, deny_cache: None }
+    }
+
+    /// Answers a key's cost-1 requests locally while a denial from the store proves
+    /// them denied (see [`DenyCache`]): worth it when the store is remote.
+    pub fn with_deny_cache(mut self) -> Self {
+        self.deny_cache = Some(DenyCache::default());
+        self
+    }
+
+    pub fn deny_cache(&self) -> Option<&DenyCache> {
+        self.deny_cache.as_ref()
     }
 
     pub fn store(&self) -> &S {
@@ -73,9 +87,13 @@ impl<S: Store> Limiter<S> {
         tracing::Span::current().record("key", tracing::field::display(&key));
         let (policy, policy_name) = self.policies.lookup(&key);
         let cost = validate_cost(cost, policy).inspect_err(count_invalid)?;
-        let in_flight = InFlight::start();
-        let result = self.store.check_and_consume(&key, policy, cost).await;
-        drop(in_flight);
+        let result = match self.deny_cache.as_ref().and_then(|cache| cache.lookup(&key, policy, cost)) {
+            Some(cached) => {
+                metrics::deny_cache_hit();
+                Ok(cached)
+            }
+            None => self.decide(&key, policy, cost).await,
+        };
         metrics::check_done(policy_name, cost, result.as_ref().map(|d| d.allowed).map_err(|_| ()), started.elapsed());
         match &result {
             Ok(decision) => self.throttled.record(&key, decision),
@@ -83,6 +101,17 @@ impl<S: Store> Limiter<S> {
             Err(_) => {}
         }
         Ok(result?)
+    }
+
+    /// Asks the store, and remembers a denial that proves later ones.
+    async fn decide(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
+        let _in_flight = InFlight::start();
+        let sent = Instant::now();
+        let result = self.store.check_and_consume(key, policy, cost).await;
+        if let (Some(cache), Ok(decision)) = (&self.deny_cache, &result) {
+            cache.remember(key, policy, cost, sent, decision);
+        }
+        result
     }
 
     fn key(&self, key_id: &str) -> Result<Fingerprint, CheckError> {

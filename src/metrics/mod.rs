@@ -26,6 +26,7 @@ pub const CHECKS_IN_FLIGHT: &str = "ratelimitd_checks_in_flight";
 pub const REDIS_CALL_DURATION: &str = "ratelimitd_redis_call_duration_seconds";
 pub const REDIS_ERRORS: &str = "ratelimitd_redis_errors_total";
 pub const STORE_UP: &str = "ratelimitd_store_up";
+pub const DENY_CACHE_HITS: &str = "ratelimitd_deny_cache_hits_total";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
 pub const CONFIG_LAST_SUCCESS: &str = "ratelimitd_config_last_load_success_timestamp_seconds";
 pub const THROTTLED_KEY_DENIALS: &str = "ratelimitd_throttled_key_denials";
@@ -42,6 +43,7 @@ pub const ALL: &[&str] = &[
     REDIS_CALL_DURATION,
     REDIS_ERRORS,
     STORE_UP,
+    DENY_CACHE_HITS,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
     THROTTLED_KEY_DENIALS,
@@ -100,6 +102,7 @@ fn describe() {
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis calls by kind (timeout, unavailable, failed).");
     describe_gauge!(STORE_UP, "1 if the last store call or health probe succeeded, else 0.");
+    describe_counter!(DENY_CACHE_HITS, "Denials answered from the local deny cache, without a store call.");
     describe_counter!(CONFIG_LOADS, "Configuration loads by result (success, failure).");
     describe_gauge!(CONFIG_LAST_SUCCESS, "Unix time of the last successful configuration load.");
 }
@@ -144,6 +147,10 @@ pub fn config_loaded(ok: bool) {
 
 pub fn invalid_request(field: &'static str) {
     counter!(INVALID_REQUESTS, "field" => field).increment(1);
+}
+
+pub fn deny_cache_hit() {
+    counter!(DENY_CACHE_HITS).increment(1);
 }
 
 pub fn store_up(up: bool) {
