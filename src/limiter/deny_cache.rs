@@ -32,7 +32,7 @@ impl Entry {
     /// The store's clock now, rounded up.
     fn now_ms(&self) -> u64 {
         let elapsed = self.sent.elapsed();
-        let ms = elapsed.as_millis() as u64 + u64::from(elapsed.subsec_nanos() % 1_000_000 != 0);
+        let ms = elapsed.as_millis() as u64 + u64::from(!elapsed.subsec_nanos().is_multiple_of(1_000_000));
         self.decided_at_ms + ms
     }
 }
