@@ -9,9 +9,12 @@
 //! - [`limiter`]: the domain, with no gRPC or Redis types: policies, validation,
 //!   fingerprints (the raw key never leaves this layer) and the ring algorithm;
 //! - [`store`]: the `Store` trait, with the Redis store (one atomic Lua script call
-//!   per decision, `lua/sliding_window.lua`) and the in-process store.
+//!   per decision, `lua/sliding_window.lua`) and the in-process store;
+//! - [`metrics`]: Prometheus names, the `/metrics` endpoint, the throttled-keys report;
+//! - [`bench`]: the load generator behind the `ratelimitd-bench` binary.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod grpc;

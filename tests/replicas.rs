@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::exactness::{Record, verdict};
 use common::{Backend, TestServer, try_check};
+use ratelimitd::bench::exactness::{Record, verdict};
 
 const LIMIT: u32 = 50;
 const WINDOW_MS: u64 = 2_000;

@@ -3,7 +3,6 @@
 //! exactness checker over recorded decisions.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
-pub mod exactness;
 pub mod process;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -1,5 +1,5 @@
-//! Checks the exactness rule (DESIGN.md section 3) over recorded decisions of one
-//! key, on the decisions' own clock (`decided_at_ms`).
+//! Checks the exactness rule over recorded decisions of one key, on the decisions'
+//! own clock (`decided_at_ms`): rule 1 (never over) and rule 2 (never under).
 
 /// One recorded decision.
 #[derive(Debug, Clone, Copy)]
@@ -9,7 +9,7 @@ pub struct Record {
     pub at_ms: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Verdict {
     pub calls: usize,
     pub allowed: usize,

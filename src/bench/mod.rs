@@ -1,0 +1,231 @@
+//! The load generator behind `ratelimitd-bench`: concurrent gRPC callers against one
+//! or more ratelimitd replicas, closed loop (as fast as answers come) or open loop
+//! (a fixed schedule, latency measured from each request's intended send time, so a
+//! stall is not hidden by coordinated omission), with latencies in an HDR histogram
+//! and the exactness rule checked per key from every response.
+
+pub mod exactness;
+pub mod keys;
+mod report;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::grpc::pb::CheckAndConsumeRequest;
+use crate::grpc::pb::rate_limiter_client::RateLimiterClient;
+use exactness::Record;
+use keys::{KeyDistribution, KeyPicker};
+pub use report::{Exactness, Latency, Report};
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// `host:port` of each ratelimitd replica; callers are spread over them.
+    pub targets: Vec<String>,
+    /// HTTP/2 connections per target.
+    pub connections: usize,
+    pub callers: usize,
+    pub keys: usize,
+    pub distribution: KeyDistribution,
+    /// Key ids are `<prefix><index>`.
+    pub key_prefix: String,
+    pub stop: Stop,
+    /// Open loop at this many requests per second in all; `None` is closed loop.
+    pub rate: Option<f64>,
+    pub cost: u32,
+    /// The window the servers enforce, for the exactness verdict.
+    pub window_ms: u64,
+    /// Print progress to stderr every second.
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    After(Duration),
+    Requests(u64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot connect to {target}: {error}")]
+    Connect { target: String, error: String },
+    #[error("{0}")]
+    Options(String),
+}
+
+/// What one caller saw.
+struct CallerResult {
+    latency_us: Histogram<u64>,
+    records: Vec<(u32, u32, Record)>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Counters shared by the callers and the progress printer.
+#[derive(Default)]
+struct Progress {
+    issued: AtomicU64,
+    completed: AtomicU64,
+    errors: AtomicU64,
+}
+
+pub async fn run(options: &LoadOptions) -> Result<Report, BenchError> {
+    if options.callers == 0 || options.targets.is_empty() || options.connections == 0 {
+        return Err(BenchError::Options("need at least one target, connection and caller".into()));
+    }
+    if options.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+        return Err(BenchError::Options("--rate must be a positive number of requests per second".into()));
+    }
+    let picker = KeyPicker::new(options.distribution, options.keys).map_err(BenchError::Options)?;
+    let key_ids: Arc<[String]> = (0..options.keys.max(1)).map(|i| format!("{}{i}", options.key_prefix)).collect();
+    let channels = connect(options).await?;
+    let progress = Arc::new(Progress::default());
+    let start = Instant::now();
+    let printer = options.progress.then(|| tokio::spawn(print_progress(progress.clone(), start)));
+    let mut callers = Vec::with_capacity(options.callers);
+    for id in 0..options.callers {
+        let caller = Caller {
+            id,
+            client: RateLimiterClient::new(channels[id % channels.len()].clone()),
+            picker: picker.clone(),
+            key_ids: key_ids.clone(),
+            progress: progress.clone(),
+            options: options.clone(),
+            start,
+        };
+        callers.push(tokio::spawn(caller.run()));
+    }
+    let mut results = Vec::with_capacity(callers.len());
+    for caller in callers {
+        results.push(caller.await.map_err(|e| BenchError::Options(format!("a caller failed: {e}")))?);
+    }
+    let elapsed = start.elapsed();
+    if let Some(printer) = printer {
+        printer.abort();
+    }
+    Ok(summarise(options, results, elapsed))
+}
+
+async fn connect(options: &LoadOptions) -> Result<Vec<Channel>, BenchError> {
+    let mut channels = Vec::new();
+    for target in &options.targets {
+        let uri = if target.contains("://") { target.clone() } else { format!("http://{target}") };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| BenchError::Connect { target: target.clone(), error: e.to_string() })?
+            .tcp_nodelay(true);
+        for _ in 0..options.connections {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| BenchError::Connect { target: target.clone(), error: e.to_string() })?;
+            channels.push(channel);
+        }
+    }
+    Ok(channels)
+}
+
+struct Caller {
+    id: usize,
+    client: RateLimiterClient<Channel>,
+    picker: KeyPicker,
+    key_ids: Arc<[String]>,
+    progress: Arc<Progress>,
+    options: LoadOptions,
+    start: Instant,
+}
+
+impl Caller {
+    async fn run(mut self) -> CallerResult {
+        let mut rng = SmallRng::seed_from_u64(0x5eed + self.id as u64);
+        let mut result = CallerResult {
+            latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid"),
+            records: Vec::new(),
+            errors: 0,
+            first_error: None,
+        };
+        // Open loop: this caller's share of the rate, its sends staggered among the others'.
+        let period = self.options.rate.map(|rate| Duration::from_secs_f64(self.options.callers as f64 / rate));
+        let offset = period.map_or(Duration::ZERO, |p| p.mul_f64(self.id as f64 / self.options.callers as f64));
+        for n in 0u64.. {
+            let intended = match period {
+                Some(period) => self.start + offset + period.mul_f64(n as f64),
+                None => Instant::now(),
+            };
+            if self.done(intended) {
+                break;
+            }
+            tokio::time::sleep_until(intended).await;
+            let key = self.picker.pick(&mut rng);
+            let request = CheckAndConsumeRequest { key_id: self.key_ids[key].clone(), cost: self.options.cost };
+            let answer = self.client.check_and_consume(request).await;
+            let latency = intended.elapsed().as_micros() as u64;
+            result.latency_us.saturating_record(latency.max(1));
+            match answer {
+                Ok(response) => {
+                    let d = response.into_inner();
+                    let record = Record { allowed: d.allowed, cost: self.options.cost.max(1), at_ms: d.decided_at_ms };
+                    result.records.push((key as u32, d.limit, record));
+                }
+                Err(status) => {
+                    result.errors += 1;
+                    self.progress.errors.fetch_add(1, Ordering::Relaxed);
+                    result.first_error.get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+                }
+            }
+            self.progress.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn done(&self, intended: Instant) -> bool {
+        match self.options.stop {
+            Stop::After(duration) => intended >= self.start + duration,
+            Stop::Requests(limit) => self.progress.issued.fetch_add(1, Ordering::Relaxed) >= limit,
+        }
+    }
+}
+
+async fn print_progress(progress: Arc<Progress>, start: Instant) {
+    let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut last = 0;
+    loop {
+        tick.tick().await;
+        let completed = progress.completed.load(Ordering::Relaxed);
+        let errors = progress.errors.load(Ordering::Relaxed);
+        eprintln!(
+            "ratelimitd-bench: {:>5.1} s  {completed} calls  {}/s  {errors} errors",
+            start.elapsed().as_secs_f64(),
+            completed - last
+        );
+        last = completed;
+    }
+}
+
+fn summarise(options: &LoadOptions, results: Vec<CallerResult>, elapsed: Duration) -> Report {
+    let mut latency =
+        Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid");
+    let mut by_key: HashMap<u32, (u32, Vec<Record>)> = HashMap::new();
+    let (mut errors, mut first_error) = (0, None);
+    for result in results {
+        let _ = latency.add(&result.latency_us);
+        errors += result.errors;
+        first_error = first_error.or(result.first_error);
+        for (key, limit, record) in result.records {
+            let entry = by_key.entry(key).or_insert_with(|| (limit, Vec::new()));
+            entry.0 = limit;
+            entry.1.push(record);
+        }
+    }
+    let verdicts: Vec<_> = by_key
+        .values()
+        .map(|(limit, records)| (*limit, exactness::verdict(records, *limit, options.window_ms)))
+        .collect();
+    Report::new(options, elapsed, &latency, errors, first_error, &verdicts)
+}

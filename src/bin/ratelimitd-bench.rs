@@ -1,0 +1,135 @@
+//! `ratelimitd-bench`: drives one or more ratelimitd replicas with concurrent gRPC
+//! callers and reports throughput, latency and whether the exactness rule held.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ratelimitd::bench::keys::KeyDistribution;
+use ratelimitd::bench::{LoadOptions, Stop};
+
+#[derive(Debug, Parser)]
+#[command(name = "ratelimitd-bench", version, about = "Load generator and exactness checker for ratelimitd.")]
+struct Args {
+    /// A ratelimitd replica (host:port); repeat for several, callers are spread over them.
+    #[arg(long = "target", default_value = "127.0.0.1:50051")]
+    targets: Vec<String>,
+    /// Concurrent callers (requests in flight in closed loop).
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// HTTP/2 connections per target.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How many distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: usize,
+    /// How requests pick their key.
+    #[arg(long, value_enum, default_value_t = Dist::Uniform)]
+    distribution: Dist,
+    /// The Zipf exponent, with --distribution zipf.
+    #[arg(long, default_value_t = 1.0)]
+    zipf_exponent: f64,
+    /// Run for this long (e.g. 10s); ignored with --requests.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Stop after this many requests instead of after --duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Open loop at this many requests per second in all; without it, closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Cost of every request.
+    #[arg(long, default_value_t = 1)]
+    cost: u32,
+    /// The window the servers enforce, for the exactness verdict.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Key ids are <prefix><index>; the default is fresh for every run.
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// The Redis the servers use: reports Redis script calls per check (INFO commandstats).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Dist {
+    Uniform,
+    Zipf,
+    Hot,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let distribution = match args.distribution {
+        Dist::Uniform => KeyDistribution::Uniform,
+        Dist::Zipf => KeyDistribution::Zipf(args.zipf_exponent),
+        Dist::Hot => KeyDistribution::Hot,
+    };
+    let options = LoadOptions {
+        targets: args.targets,
+        connections: args.connections,
+        callers: args.callers,
+        keys: args.keys,
+        distribution,
+        key_prefix: args.key_prefix.unwrap_or_else(|| format!("bench-{:08x}-", rand::random::<u32>())),
+        stop: args.requests.map_or(Stop::After(args.duration), Stop::Requests),
+        rate: args.rate,
+        cost: args.cost,
+        window_ms: args.window.as_millis() as u64,
+        progress: !args.quiet,
+    };
+    let before = match &args.redis_url {
+        Some(url) => match script_calls(url).await {
+            Ok(calls) => Some(calls),
+            Err(e) => return fail(&format!("--redis-url: {e}")),
+        },
+        None => None,
+    };
+    let mut report = match ratelimitd::bench::run(&options).await {
+        Ok(report) => report,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if let (Some(url), Some(before)) = (&args.redis_url, before) {
+        match script_calls(url).await {
+            Ok(after) => report.redis_calls_per_check = Some((after - before) as f64 / report.calls.max(1) as f64),
+            Err(e) => return fail(&format!("--redis-url: {e}")),
+        }
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => return fail(&e.to_string()),
+        }
+    } else {
+        print!("{report}");
+    }
+    if report.exactness.holds() && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// EVALSHA plus EVAL calls Redis has served (INFO commandstats).
+async fn script_calls(url: &str) -> Result<u64, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+    let calls = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split(['=', ',']).nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(calls("cmdstat_evalsha:") + calls("cmdstat_eval:"))
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("ratelimitd-bench: error: {message}");
+    ExitCode::from(2)
+}
