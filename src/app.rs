@@ -88,7 +88,6 @@ async fn serve_on_store(
     match &config.store {
         StoreConfig::Memory => {
             tracing::warn!("no --redis-url: using the in-process store, so limits are per process, not shared");
-            metrics::store_up(true);
             let limiter = Arc::new(Limiter::new(MemoryStore::new(), policies, fingerprinter, throttled));
             let janitor = tokio::spawn(evict_idle(Arc::downgrade(&limiter)));
             let served = serve(listener, limiter, config, shutdown).await;
@@ -97,7 +96,7 @@ async fn serve_on_store(
         }
         StoreConfig::Redis(options) => {
             let store = RedisStore::new(options.clone())?;
-            match store.ping().await {
+            match store.prepare().await {
                 Ok(()) => tracing::info!(key_prefix = %options.key_prefix, "Redis store ready; limits are shared"),
                 Err(e) => tracing::error!(error = %e, "Redis not reachable yet; calls get UNAVAILABLE until it is"),
             }
@@ -187,7 +186,7 @@ async fn probe_redis(limiter: Weak<Limiter<RedisStore>>) {
             _ = probe.tick() => {
                 let Some(limiter) = limiter.upgrade() else { return };
                 let answer = limiter.store().ping().await;
-                metrics::store_up(answer.is_ok());
+                limiter.note_store_health(answer.is_ok());
             }
             _ = sweep.tick() => {
                 let Some(limiter) = limiter.upgrade() else { return };

@@ -33,6 +33,7 @@ on_both_stores!(
     bad_input_is_rejected_and_writes_nothing,
     a_lowered_or_raised_limit_keeps_the_history,
     a_changed_window_applies_to_the_same_history,
+    a_longer_window_keeps_the_history_alive,
     keys_are_isolated,
     idle_keys_expire,
 );
@@ -120,14 +121,18 @@ async fn a_lowered_or_raised_limit_keeps_the_history(backend: Backend) {
     let lowered = check(&mut client, "partner", 1).await;
     assert!(!lowered.allowed, "4 used of a lowered limit of 3: {lowered:?}");
     assert_eq!((lowered.limit, lowered.remaining), (3, 0));
-    // Raised to 10: the 3 newest units kept by the lowered ring still count.
+    // Back to 5: all 4 units still count (lowering forgot none), so exactly 1 fits.
+    server.set_override("partner", 5, Duration::from_secs(60));
+    assert_eq!(check(&mut client, "partner", 1).await.remaining, 0);
+    assert!(!check(&mut client, "partner", 1).await.allowed);
+    // Raised to 10: the 5 counted units leave exactly 5.
     server.set_override("partner", 10, Duration::from_secs(60));
     let mut allowed = 0;
     while check(&mut client, "partner", 1).await.allowed {
         allowed += 1;
         assert!(allowed <= 10, "the raised limit is not enforced");
     }
-    assert_eq!(allowed, 7, "10 minus the 3 units kept from the history");
+    assert_eq!(allowed, 5, "10 minus the 5 units counted");
     // Other keys keep the default.
     assert_eq!(check(&mut client, "other", 1).await.limit, 5);
 }
@@ -143,6 +148,20 @@ async fn a_changed_window_applies_to_the_same_history(backend: Backend) {
     assert!(denied.retry_after_ms <= 300, "the new, shorter window applies: {denied:?}");
     tokio::time::sleep(Duration::from_millis(denied.retry_after_ms.max(1))).await;
     assert!(check(&mut client, "k", 1).await.allowed);
+}
+
+async fn a_longer_window_keeps_the_history_alive(backend: Backend) {
+    let server = backend.server(2, "300ms").await;
+    let mut client = server.client().await;
+    assert!(check(&mut client, "k", 2).await.allowed);
+    server.set_override("k", 2, Duration::from_secs(60));
+    // The first call under the longer window extends the key's life to match it...
+    assert!(!check(&mut client, "k", 1).await.allowed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...so the units, outside the old window but inside the new one, still count.
+    let later = check(&mut client, "k", 1).await;
+    assert!(!later.allowed, "history expired under the old, shorter window: {later:?}");
+    assert!(later.retry_after_ms > 59_000);
 }
 
 async fn keys_are_isolated(backend: Backend) {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::process::{Process, http_get};
-use common::{check, free_port, try_check};
+use common::{Redis, check, free_port, try_check};
 use ratelimitd::limiter::Fingerprinter;
 
 const SECRET: &str = "metrics-test-secret";
@@ -181,4 +181,32 @@ async fn a_real_prometheus_finds_the_most_throttled_key() {
     };
     println!("Prometheus found the top throttled key after {:?}", started.elapsed());
     assert_eq!(top, fingerprint("partner-hot"));
+}
+
+/// Polls `/metrics` until `series` has `expected`, for at most `within`.
+async fn wait_for_value(server: &Process, series: &str, expected: f64, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if value(&server.scrape(), series) == Some(expected) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{series} never became {expected}: {}", server.scrape());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_health_follows_redis_down_and_back() {
+    let redis = Redis::start().await;
+    let server = Process::start(&["--redis-url", &redis.url(), "--fingerprint-secret", SECRET]);
+    let mut client = server.client().await;
+    assert!(check(&mut client, "k", 1).await.allowed);
+    let limit = Duration::from_secs(15);
+    wait_for_value(&server, "ratelimitd_store_up", 1.0, limit).await;
+    redis.stop().await;
+    let down = wait_for_value(&server, "ratelimitd_store_up", 0.0, limit).await;
+    redis.start_again().await;
+    let up = wait_for_value(&server, "ratelimitd_store_up", 1.0, limit).await;
+    println!("ratelimitd_store_up went to 0 after {down:?} and back to 1 after {up:?}");
+    assert!(check(&mut client, "k", 1).await.allowed, "checks work again once Redis is back");
 }

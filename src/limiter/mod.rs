@@ -12,6 +12,7 @@ pub use policy::{MAX_LIMIT, MAX_WINDOW, Policies, Policy, PolicyError, SharedPol
 pub use ring::Ring;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::metrics::{self, InFlight, Throttled};
@@ -57,11 +58,14 @@ pub struct Limiter<S> {
     fingerprinter: Fingerprinter,
     throttled: Arc<Throttled>,
     deny_cache: Option<DenyCache>,
+    /// Whether the store answered last time; the health metric changes only on a flip.
+    store_up: AtomicBool,
 }
 
 impl<S: Store> Limiter<S> {
     pub fn new(store: S, policies: SharedPolicies, fingerprinter: Fingerprinter, throttled: Arc<Throttled>) -> Self {
-        Self { store, policies, fingerprinter, throttled, deny_cache: None }
+        metrics::store_up(true);
+        Self { store, policies, fingerprinter, throttled, deny_cache: None, store_up: AtomicBool::new(true) }
     }
 
     /// Answers a key's cost-1 requests locally while a denial from the store proves
@@ -96,11 +100,20 @@ impl<S: Store> Limiter<S> {
         };
         metrics::check_done(policy_name, cost, result.as_ref().map(|d| d.allowed).map_err(|_| ()), started.elapsed());
         match &result {
-            Ok(decision) => self.throttled.record(&key, decision),
-            Err(e) if e.is_transient() => metrics::store_up(false),
-            Err(_) => {}
+            Ok(decision) => {
+                self.note_store_health(true);
+                self.throttled.record(&key, decision);
+            }
+            Err(e) => self.note_store_health(!e.is_transient()),
         }
         Ok(result?)
+    }
+
+    /// Records whether the store answers (a call's outcome, or a health probe's).
+    pub fn note_store_health(&self, up: bool) {
+        if self.store_up.swap(up, Ordering::Relaxed) != up {
+            metrics::store_up(up);
+        }
     }
 
     /// Asks the store, and remembers a denial that proves later ones.

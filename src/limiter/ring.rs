@@ -1,11 +1,13 @@
-//! The sliding-window log as a ring of the last L allowed units' timestamps: the
+//! The sliding-window log as a ring of the last C allowed units' timestamps: the
 //! algorithm of `lua/sliding_window.lua`, in Rust, for the in-process store.
 //! Keep the two in step; the behaviour suite runs the same checks on both.
 
 use super::{Decision, Policy};
 
-/// Timestamps (Unix ms) of the last `limit` allowed units, oldest at `head`;
-/// 0 marks a slot never used, older than any window.
+/// Timestamps (Unix ms) of the last `capacity` allowed units, oldest at `head`;
+/// 0 marks a slot never used, older than any window. The capacity is the largest
+/// limit the key has had: a lowered limit never drops history, so no sequence of
+/// limit changes can forget a unit that still counts.
 #[derive(Debug, Clone)]
 pub struct Ring {
     slots: Box<[u64]>,
@@ -26,34 +28,42 @@ impl Ring {
     /// The caller's clock may run backwards; the key's time never does.
     pub fn check_and_consume(&mut self, now_ms: u64, policy: Policy, cost: u32) -> Decision {
         debug_assert!(cost >= 1 && cost <= policy.limit());
-        if self.slots.len() != policy.limit() as usize {
-            self.resize(policy.limit() as usize);
+        let limit = policy.limit() as usize;
+        if self.slots.len() < limit {
+            self.grow(limit);
         }
         let now = now_ms.max(self.newest());
         let window = policy.window_ms();
         let cutoff = now.saturating_sub(window);
         let cost = cost as usize;
-        let needed = self.at(cost - 1);
+        let capacity = self.slots.len();
+        // The request fits iff this slot (and so every older one) is outside the window.
+        let decisive = capacity - limit + cost - 1;
+        let needed = self.at(decisive);
         let allowed = needed <= cutoff;
-        // Slot cost-1 is already known, which halves the search.
-        let range = if allowed { (cost, self.slots.len()) } else { (0, cost - 1) };
-        let expired = self.first_in_window(range, cutoff);
-        let mut decision = Decision {
-            allowed,
-            limit: policy.limit(),
-            remaining: expired as u32,
-            retry_after_ms: 0,
-            reset_after_ms: window,
-            decided_at_ms: now,
-        };
+        let range = if allowed { (decisive + 1, capacity) } else { (0, decisive) };
+        let outside = self.first_in_window(range, cutoff);
+        // Below 0 while a lowered limit still counts older units.
+        let spare = outside.saturating_sub(capacity - limit) as u32;
         if allowed {
             self.push(now, cost);
-            decision.remaining -= cost as u32;
-        } else {
-            decision.retry_after_ms = needed + window - now;
-            decision.reset_after_ms = self.newest() + window - now;
+            return Decision {
+                allowed,
+                limit: policy.limit(),
+                remaining: spare - cost as u32,
+                retry_after_ms: 0,
+                reset_after_ms: window,
+                decided_at_ms: now,
+            };
         }
-        decision
+        Decision {
+            allowed,
+            limit: policy.limit(),
+            remaining: spare,
+            retry_after_ms: needed + window - now,
+            reset_after_ms: self.newest() + window - now,
+            decided_at_ms: now,
+        }
     }
 
     fn at(&self, logical: usize) -> u64 {
@@ -61,7 +71,7 @@ impl Ring {
     }
 
     /// Binary search in logical `lo..hi` for the first slot newer than `cutoff`:
-    /// the ring is ordered, so the expired slots are a prefix.
+    /// the ring is ordered, so the slots outside the window are a prefix.
     fn first_in_window(&self, (mut lo, mut hi): (usize, usize), cutoff: u64) -> usize {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -74,6 +84,7 @@ impl Ring {
         lo
     }
 
+    /// Overwrites the `cost` oldest slots, all outside the window, with `now`.
     fn push(&mut self, now: u64, cost: usize) {
         let len = self.slots.len();
         for j in 0..cost {
@@ -82,16 +93,12 @@ impl Ring {
         self.head = (self.head + cost) % len;
     }
 
-    /// Keeps the newest min(old, new) entries in order, oldest first.
-    fn resize(&mut self, limit: usize) {
+    /// Grows to `capacity` slots, oldest first, the new empty ones in front.
+    fn grow(&mut self, capacity: usize) {
         let old = self.slots.len();
         let ordered = (0..old).map(|j| self.at(j));
-        let kept: Vec<u64> = if limit > old {
-            std::iter::repeat_n(0, limit - old).chain(ordered).collect()
-        } else {
-            ordered.skip(old - limit).collect()
-        };
-        self.slots = kept.into_boxed_slice();
+        let grown: Vec<u64> = std::iter::repeat_n(0, capacity - old).chain(ordered).collect();
+        self.slots = grown.into_boxed_slice();
         self.head = 0;
     }
 }
@@ -153,21 +160,31 @@ mod tests {
     }
 
     #[test]
-    fn limit_changes_keep_the_newest_history() {
+    fn a_lowered_then_raised_limit_never_forgets_a_counted_unit() {
+        let p10 = policy(10, 60_000);
+        let mut ring = Ring::new(10);
+        assert!(ring.check_and_consume(T0, p10, 10).allowed);
+        // Lowered to 5: the 10 units still count, nothing fits, remaining is 0.
+        let lowered = ring.check_and_consume(T0 + 1, policy(5, 60_000), 1);
+        assert!(!lowered.allowed);
+        assert_eq!((lowered.remaining, lowered.retry_after_ms), (0, 59_999));
+        // Back to 10: still full. (A ring that dropped history would allow 5 more.)
+        assert!(!ring.check_and_consume(T0 + 2, p10, 1).allowed);
+    }
+
+    #[test]
+    fn a_raised_limit_keeps_the_history() {
         let p3 = policy(3, 1000);
         let mut ring = Ring::new(3);
         for i in 0..3 {
             ring.check_and_consume(T0 + i * 100, p3, 1);
         }
-        // Lowered to 2: the two newest (T0+100, T0+200) still count.
-        let d = ring.check_and_consume(T0 + 300, policy(2, 1000), 1);
-        assert!(!d.allowed);
-        assert_eq!(d.retry_after_ms, 800);
-        // Raised to 4: the history of 2 leaves two free units.
-        let p4 = policy(4, 1000);
-        let d = ring.check_and_consume(T0 + 300, p4, 2);
+        let p5 = policy(5, 1000);
+        let d = ring.check_and_consume(T0 + 300, p5, 2);
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
-        assert!(!ring.check_and_consume(T0 + 300, p4, 1).allowed);
+        let denied = ring.check_and_consume(T0 + 300, p5, 1);
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after_ms, 700, "the unit at T0 leaves first");
     }
 }

@@ -17,7 +17,7 @@ const SHARDS: usize = 64;
 struct Entry {
     ring: Ring,
     /// Unix ms after which the entry no longer counts: its newest unit plus the
-    /// window in force then (as the Redis key's TTL).
+    /// longest window it was checked with (as the Redis key's TTL).
     expires_at: u64,
 }
 
@@ -83,9 +83,8 @@ impl Store for MemoryStore {
             })
             .or_insert_with(fresh);
         let decision = entry.ring.check_and_consume(now, policy, cost);
-        if decision.allowed {
-            entry.expires_at = decision.decided_at_ms + policy.window_ms();
-        }
+        // As the script's PEXPIREAT ... GT: the newest unit plus the longest window seen.
+        entry.expires_at = entry.expires_at.max(entry.ring.newest() + policy.window_ms());
         Ok(decision)
     }
 }

@@ -2,6 +2,7 @@
 //! atomic inside Redis and on Redis's clock, so any number of replicas sharing
 //! the Redis enforce one exact limit per key.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -71,14 +72,29 @@ impl RedisStore {
         })
     }
 
-    /// Loads the script and checks that Redis answers, within the timeout.
+    /// Loads the script, so that the first checks do not meet NOSCRIPT (they would
+    /// load it and retry, as after a Redis restart or SCRIPT FLUSH).
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let call = async {
+            let mut conn = self.connection(0).await?;
+            match self.script.load_async(&mut conn).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(self.failed(0, e).await),
+            }
+        };
+        self.bounded(0, call).await
+    }
+
+    /// Checks that Redis answers (PING on the first lane), within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let call = async {
-            let mut conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            self.script.load_async(&mut *conn).await.map_err(classify)?;
-            Ok(())
+            let mut conn = self.connection(0).await?;
+            match redis::cmd("PING").query_async::<()>(&mut conn).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self.failed(0, e).await),
+            }
         };
-        tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(StoreError::Timeout(self.timeout)))
+        self.bounded(0, call).await
     }
 
     /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
@@ -115,11 +131,32 @@ impl RedisStore {
         invocation.arg(policy.limit()).arg(policy.window_ms()).arg(cost);
         match invocation.invoke_async(&mut conn).await {
             Ok(reply) => Ok(reply),
-            Err(e) => {
-                if e.is_unrecoverable_error() || e.is_io_error() {
-                    self.reset(lane).await;
-                }
-                Err(classify(e))
+            Err(e) => Err(self.failed(lane, e).await),
+        }
+    }
+
+    /// Classifies a failed call, and replaces the lane's connection when it cannot
+    /// serve again: broken, or to a Redis that is no longer a writable master.
+    async fn failed(&self, lane: usize, e: RedisError) -> StoreError {
+        let demoted = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown));
+        if e.is_unrecoverable_error() || e.is_io_error() || demoted {
+            self.reset(lane).await;
+        }
+        classify(e)
+    }
+
+    /// Bounds a call by the timeout. A call that hangs may be on a dead connection
+    /// (a hung or unplugged Redis sends no reset), so its lane reconnects.
+    async fn bounded<T>(
+        &self,
+        lane: usize,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.reset(lane).await;
+                Err(StoreError::Timeout(self.timeout))
             }
         }
     }
@@ -132,9 +169,8 @@ impl Store for RedisStore {
     async fn check_and_consume(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let key = self.key_name(key);
-        let call = self.eval(lane, &key, policy, cost);
         let started = std::time::Instant::now();
-        let reply = tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(StoreError::Timeout(self.timeout)));
+        let reply = self.bounded(lane, self.eval(lane, &key, policy, cost)).await;
         metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
         let (allowed, remaining, retry_after_ms, reset_after_ms, decided_at_ms) = reply?;
         Ok(Decision {

@@ -73,7 +73,15 @@ impl Redis {
     /// Stops and starts the container: Redis comes back empty (no persistence),
     /// with no scripts loaded, and every client connection broken.
     pub async fn restart(&self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    pub async fn stop(&self) {
         self.container.stop().await.expect("stop Redis");
+    }
+
+    pub async fn start_again(&self) {
         self.container.start().await.expect("start Redis again");
     }
 

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Reproduces the figures of BENCHMARKS.md on this machine, in one run: starts its own
+# Redis container on loopback (the locally built image), a release ratelimitd on it,
+# and runs ratelimitd-bench, the Redis ceiling (scripts/redis-ceiling.sh) and the
+# Limitador comparison (benches/store-compare) one after another against that Redis.
+# Traffic goes only to loopback and to the container this script started.
+#
+# Usage: scripts/bench.sh [--quick] [--no-limitador] [results-dir]   (default target/bench-results)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=20s requests=400000 limitador=1 out=target/bench-results
+for arg in "$@"; do
+  case "$arg" in
+    --quick) duration=5s requests=100000 ;;
+    --no-limitador) limitador=0 ;;
+    -*) sed -n '2,9p' "$0" >&2; exit 2 ;;
+    *) out=$arg ;;
+  esac
+done
+mkdir -p "$out"
+
+cargo build --release --bins
+[ "$limitador" = 1 ] && cargo build --release -p store-compare
+scripts/build-redis-image.sh
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port=$(free_port) grpc_port=$(free_port) metrics_port=$(free_port)
+redis_url="redis://127.0.0.1:$redis_port"
+container=ratelimitd-bench-redis-$$
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+  docker rm -f "$container" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+docker run -d --rm --name "$container" -p "127.0.0.1:$redis_port:6379" ratelimitd-test-redis:7 >/dev/null
+until redis-cli -p "$redis_port" PING >/dev/null 2>&1; do sleep 0.1; done
+
+start_server() { # limit
+  [ -n "$server_pid" ] && { kill "$server_pid"; wait "$server_pid" || true; }
+  redis-cli -p "$redis_port" FLUSHALL >/dev/null
+  target/release/ratelimitd --listen "127.0.0.1:$grpc_port" --metrics-listen "127.0.0.1:$metrics_port" \
+    --redis-url "$redis_url" --fingerprint-secret bench --limit "$1" --window 60s 2>>"$out/ratelimitd.log" &
+  server_pid=$!
+  until (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null; do sleep 0.1; done
+}
+bench() { # name, ratelimitd-bench flags...
+  local name=$1; shift
+  echo "== $name: ratelimitd-bench $*"
+  target/release/ratelimitd-bench --target "127.0.0.1:$grpc_port" --redis-url "$redis_url" --quiet "$@" \
+    --json >"$out/$name.json" || true
+  python3 - "$out/$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); l = r["latency_us"]; e = r["exactness"]
+print(f'   {r["throughput_per_s"]:.0f} checks/s, p50 {l["p50"]/1000:.2f} ms, p99 {l["p99"]/1000:.2f} ms, '
+      f'p99.9 {l["p999"]/1000:.2f} ms, max {l["max"]/1000:.2f} ms; {r["allowed"]} allowed, {r["denied"]} denied, '
+      f'{r["errors"]} errors; exactness {"holds" if e["keys_over"] == 0 and e["wrongly_denied"] == 0 else "BROKEN"} '
+      f'(worst {e["worst_max_in_window"]}/{e["worst_limit"]}); {r["redis_calls_per_check"]:.4f} Redis calls per check')
+PY
+}
+
+echo "# $(date -u +%FT%TZ) on $(nproc) cores; $(redis-cli -p "$redis_port" INFO server | grep redis_version | tr -d '\r')"
+start_server 300
+bench uniform-1000 --callers 64 --keys 1000 --duration "$duration"
+scripts/redis-ceiling.sh -p "$redis_port" -c 64 -k 1000 -n "$requests" -l 300 | tee "$out/ceiling-300.txt"
+start_server 300
+bench zipf-10000 --callers 64 --keys 10000 --distribution zipf --duration "$duration"
+start_server 300
+bench open-15000 --callers 64 --keys 1000 --rate 15000 --duration "$duration"
+start_server 300
+bench hot-10x --callers 4 --keys 1 --distribution hot --rate 50 --duration "$duration"
+start_server 30000
+bench uniform-1000-L30000 --callers 64 --keys 1000 --duration "$duration"
+redis-cli -p "$redis_port" FLUSHALL >/dev/null
+scripts/redis-ceiling.sh -p "$redis_port" -c 64 -k 1000 -n "$requests" -l 30000 | tee "$out/ceiling-30000.txt"
+kill "$server_pid"; wait "$server_pid" || true; server_pid=
+redis-cli -p "$redis_port" FLUSHALL >/dev/null
+
+if [ "$limitador" = 1 ]; then
+  echo "== store level: ratelimitd vs Limitador (benches/store-compare)"
+  target/release/store-compare --redis-url "$redis_url" --round "$duration" | tee "$out/store-compare.md"
+fi
+echo "results in $out"
