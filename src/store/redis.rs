@@ -79,7 +79,7 @@ impl RedisStore {
             let mut conn = self.connection(0).await?;
             match self.script.load_async(&mut conn).await {
                 Ok(_) => Ok(()),
-                Err(e) => Err(self.failed(0, e).await),
+                Err(e) => Err(self.failed(e)),
             }
         };
         self.bounded(0, call).await
@@ -91,7 +91,7 @@ impl RedisStore {
             let mut conn = self.connection(0).await?;
             match redis::cmd("PING").query_async::<()>(&mut conn).await {
                 Ok(()) => Ok(()),
-                Err(e) => Err(self.failed(0, e).await),
+                Err(e) => Err(self.failed(e)),
             }
         };
         self.bounded(0, call).await
@@ -113,16 +113,37 @@ impl RedisStore {
         if let Some(conn) = slot.as_deref() {
             return Ok(conn.clone());
         }
-        let pooled = self.pool.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let conn = MultiplexedConnection::clone(&pooled);
-        *slot = Some(pooled);
-        Ok(conn)
+        match self.pool.get().await {
+            Ok(pooled) => {
+                let conn = MultiplexedConnection::clone(&pooled);
+                *slot = Some(pooled);
+                Ok(conn)
+            }
+            Err(e) => {
+                // Redis cannot be reached: the other lanes' connections are as dead.
+                drop(slot);
+                self.reset_all();
+                Err(StoreError::Unavailable(e.to_string()))
+            }
+        }
     }
 
-    /// Gives a broken lane's connection back to the pool, whose recycle check
-    /// discards it; the lane's next call gets a new one.
-    async fn reset(&self, lane: usize) {
-        self.lanes[lane].write().await.take();
+    /// Gives a lane's connection back to the pool, whose recycle check discards a
+    /// broken one; the lane's next call gets a working one. A lane that is busy
+    /// connecting is left alone.
+    fn reset(&self, lane: usize) {
+        if let Ok(mut slot) = self.lanes[lane].try_write() {
+            slot.take();
+        }
+    }
+
+    /// A broken or demoted connection means the Redis behind every lane went away or
+    /// changed role (a restart, a failover): all lanes reconnect, so the calls that
+    /// follow do not each find another dead lane.
+    fn reset_all(&self) {
+        for lane in 0..self.lanes.len() {
+            self.reset(lane);
+        }
     }
 
     async fn eval(&self, lane: usize, key: &str, policy: Policy, cost: u32) -> Result<Reply, StoreError> {
@@ -131,16 +152,17 @@ impl RedisStore {
         invocation.arg(policy.limit()).arg(policy.window_ms()).arg(cost);
         match invocation.invoke_async(&mut conn).await {
             Ok(reply) => Ok(reply),
-            Err(e) => Err(self.failed(lane, e).await),
+            Err(e) => Err(self.failed(e)),
         }
     }
 
-    /// Classifies a failed call, and replaces the lane's connection when it cannot
-    /// serve again: broken, or to a Redis that is no longer a writable master.
-    async fn failed(&self, lane: usize, e: RedisError) -> StoreError {
+    /// Classifies a failed call, and replaces connections that cannot serve again:
+    /// broken, or to a Redis that is no longer a writable master.
+    fn failed(&self, e: RedisError) -> StoreError {
         let demoted = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown));
         if e.is_unrecoverable_error() || e.is_io_error() || demoted {
-            self.reset(lane).await;
+            tracing::debug!(error = %e, "reconnecting every Redis lane");
+            self.reset_all();
         }
         classify(e)
     }
@@ -155,7 +177,7 @@ impl RedisStore {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
             Err(_) => {
-                self.reset(lane).await;
+                self.reset(lane);
                 Err(StoreError::Timeout(self.timeout))
             }
         }
