@@ -18,7 +18,8 @@ use hdrhistogram::Histogram;
 use limitador::AsyncRateLimiter;
 use limitador::limit::{Context, Limit};
 use limitador::storage::redis::AsyncRedisStorage;
-use rand::Rng;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use ratelimitd::bench::exactness::{Record, verdict};
 use ratelimitd::limiter::{Fingerprinter, Limiter, Policies, Policy, SharedPolicies};
 use ratelimitd::metrics::{ThrottleOptions, Throttled};
@@ -81,7 +82,7 @@ impl System for Limitador {
             let ctx: Context = values.into();
             let result = self
                 .limiter
-                .check_rate_limited_and_update(&self.namespace, &ctx, 1, false)
+                .check_rate_limited_and_update(&self.namespace, &ctx, 1)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok((!result.limited, None))
@@ -133,7 +134,7 @@ async fn drive(system: Arc<dyn System>, callers: usize, keys: usize, prefix: &st
     for _ in 0..callers {
         let (system, key_ids, issued) = (system.clone(), key_ids.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rng();
+            let mut rng = SmallRng::from_rng(&mut rand::rng());
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut records = Vec::new();
             let mut errors = 0;
