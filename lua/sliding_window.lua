@@ -71,12 +71,15 @@ local slack = math.floor(window / 8)
 
 local header = redis.call('GETRANGE', key, 0, HEADER - 1)
 if #header < HEADER then
-  -- A new key: the ring is allocated at full size once, so it never grows (and
-  -- over-allocates) under later writes. The frontier is after the empty slots.
+  -- A new key: Redis allocates the whole ring at its exact size, zero-filled, once
+  -- (a SETRANGE past the end of a missing key), so no Lua string of C slots is built
+  -- and hashed, and later writes never grow (and over-allocate) it. The first c
+  -- slots follow the header, so one write sets both.
   local stamp = struct.pack('<i8', now)
   local expires = now + window + slack
-  local body = string.rep(stamp, cost) .. string.rep(ZERO_SLOT, limit - cost)
-  redis.call('SET', key, struct.pack(LAYOUT, limit, cost % limit, 0, FORMAT, expires, now, 0) .. body, 'PXAT', expires)
+  redis.call('SETRANGE', key, HEADER + (limit - 1) * SLOT, ZERO_SLOT)
+  redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, limit, cost % limit, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
+  redis.call('PEXPIREAT', key, expires)
   return {1, limit - cost, 0, window, now}
 end
 

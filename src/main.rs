@@ -8,6 +8,11 @@ use ratelimitd::cli::Cli;
 use ratelimitd::config::Config;
 use ratelimitd::{app, shutdown, telemetry};
 
+/// mimalloc: the service allocates per request (HTTP/2 frames, protobuf messages), and
+/// glibc's allocator showed up at about 10 % of its CPU in a profile under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

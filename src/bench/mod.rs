@@ -161,7 +161,9 @@ impl Caller {
             if self.done(intended) {
                 break;
             }
-            tokio::time::sleep_until(intended).await;
+            if period.is_some() {
+                tokio::time::sleep_until(intended).await;
+            }
             let key = self.picker.pick(&mut rng);
             let request = CheckAndConsumeRequest { key_id: self.key_ids[key].clone(), cost: self.options.cost };
             let answer = self.client.check_and_consume(request).await;

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::pb::rate_limiter_server::RateLimiter;
 use super::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse};
 use super::to_status;
-use crate::limiter::{CheckError, Limiter};
+use crate::limiter::Limiter;
 use crate::store::Store;
 
 pub struct RateLimiterService<S> {
@@ -23,7 +23,8 @@ impl<S> RateLimiterService<S> {
 #[tonic::async_trait]
 impl<S: Store> RateLimiter for RateLimiterService<S> {
     /// The span carries the key's fingerprint (recorded by the limiter), never the key.
-    #[tracing::instrument(skip_all, fields(key = tracing::field::Empty, cost = request.get_ref().cost))]
+    /// It is at debug level: a span per call at info level costs measurable time.
+    #[tracing::instrument(level = "debug", skip_all, fields(key = tracing::field::Empty, cost = request.get_ref().cost))]
     async fn check_and_consume(
         &self,
         request: Request<CheckAndConsumeRequest>,
@@ -34,12 +35,7 @@ impl<S: Store> RateLimiter for RateLimiterService<S> {
                 tracing::debug!(allowed = decision.allowed, remaining = decision.remaining, "decided");
                 Ok(Response::new(decision.into()))
             }
-            Err(error) => {
-                if let CheckError::Store(e) = &error {
-                    tracing::warn!(error = %e, "store call failed");
-                }
-                Err(to_status(error))
-            }
+            Err(error) => Err(to_status(error)),
         }
     }
 }

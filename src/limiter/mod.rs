@@ -89,7 +89,7 @@ impl<S: Store> Limiter<S> {
         let started = Instant::now();
         let key = self.key(key_id).inspect_err(count_invalid)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
-        let (policy, policy_name) = self.policies.lookup(&key);
+        let (policy, overridden) = self.policies.lookup(&key);
         let cost = validate_cost(cost, policy).inspect_err(count_invalid)?;
         let result = match self.deny_cache.as_ref().and_then(|cache| cache.lookup(&key, policy, cost)) {
             Some(cached) => {
@@ -98,13 +98,16 @@ impl<S: Store> Limiter<S> {
             }
             None => self.decide(&key, policy, cost).await,
         };
-        metrics::check_done(policy_name, cost, result.as_ref().map(|d| d.allowed).map_err(|_| ()), started.elapsed());
+        metrics::check_done(overridden, cost, result.as_ref().map(|d| d.allowed).map_err(|_| ()), started.elapsed());
         match &result {
             Ok(decision) => {
                 self.note_store_health(true);
                 self.throttled.record(&key, decision);
             }
-            Err(e) => self.note_store_health(!e.is_transient()),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "store call failed");
+                self.note_store_health(!e.is_transient());
+            }
         }
         Ok(result?)
     }

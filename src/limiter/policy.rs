@@ -68,11 +68,11 @@ impl Policies {
         self.lookup(key).0
     }
 
-    /// The key's policy and its name for metrics: `override` or `default`.
-    pub fn lookup(&self, key: &Fingerprint) -> (Policy, &'static str) {
+    /// The key's policy, and whether it is an override (rather than the default).
+    pub fn lookup(&self, key: &Fingerprint) -> (Policy, bool) {
         match self.overrides.get(key) {
-            Some(policy) => (*policy, "override"),
-            None => (self.default, "default"),
+            Some(policy) => (*policy, true),
+            None => (self.default, false),
         }
     }
 }
@@ -91,7 +91,7 @@ impl SharedPolicies {
         self.0.load().for_key(key)
     }
 
-    pub fn lookup(&self, key: &Fingerprint) -> (Policy, &'static str) {
+    pub fn lookup(&self, key: &Fingerprint) -> (Policy, bool) {
         self.0.load().lookup(key)
     }
 

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ::metrics::{Counter, Gauge, Histogram};
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
@@ -150,30 +151,66 @@ pub fn invalid_request(field: &'static str) {
 }
 
 pub fn deny_cache_hit() {
-    counter!(DENY_CACHE_HITS).increment(1);
+    hot().deny_cache_hits.increment(1);
 }
 
 pub fn store_up(up: bool) {
     gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
-/// One decided (or failed) check.
-pub fn check_done(policy: &'static str, cost: u32, outcome: Result<bool, ()>, elapsed: Duration) {
+const RESULTS: [&str; 3] = ["allowed", "denied", "error"];
+
+/// Handles of the metrics every check touches, registered once: looking a metric up
+/// by name and labels on each call costs a hash and a map probe per metric.
+struct Hot {
+    /// By result, then policy (default, override).
+    decisions: [[Counter; 2]; 3],
+    units: [Counter; 3],
+    check_duration: Histogram,
+    in_flight: Gauge,
+    redis_ok: Histogram,
+    redis_error: Histogram,
+    deny_cache_hits: Counter,
+}
+
+/// Registered with the recorder installed when first used ([`recorder`] runs first
+/// in the service; without a recorder, as in unit tests, they record nothing).
+fn hot() -> &'static Hot {
+    static HOT: OnceLock<Hot> = OnceLock::new();
+    HOT.get_or_init(|| Hot {
+        decisions: RESULTS.map(|result| {
+            ["default", "override"].map(|policy| counter!(DECISIONS, "result" => result, "policy" => policy))
+        }),
+        units: RESULTS.map(|result| counter!(REQUESTED_UNITS, "result" => result)),
+        check_duration: histogram!(CHECK_DURATION),
+        in_flight: gauge!(CHECKS_IN_FLIGHT),
+        redis_ok: histogram!(REDIS_CALL_DURATION, "outcome" => "ok"),
+        redis_error: histogram!(REDIS_CALL_DURATION, "outcome" => "error"),
+        deny_cache_hits: counter!(DENY_CACHE_HITS),
+    })
+}
+
+/// One decided (or failed) check; `overridden` says which policy applied.
+pub fn check_done(overridden: bool, cost: u32, outcome: Result<bool, ()>, elapsed: Duration) {
     let result = match outcome {
-        Ok(true) => "allowed",
-        Ok(false) => "denied",
-        Err(()) => "error",
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(()) => 2,
     };
-    counter!(DECISIONS, "result" => result, "policy" => policy).increment(1);
-    counter!(REQUESTED_UNITS, "result" => result).increment(u64::from(cost));
-    histogram!(CHECK_DURATION).record(elapsed.as_secs_f64());
+    let hot = hot();
+    hot.decisions[result][usize::from(overridden)].increment(1);
+    hot.units[result].increment(u64::from(cost));
+    hot.check_duration.record(elapsed.as_secs_f64());
 }
 
 pub fn redis_call(elapsed: Duration, error: Option<&'static str>) {
-    histogram!(REDIS_CALL_DURATION, "outcome" => if error.is_some() { "error" } else { "ok" })
-        .record(elapsed.as_secs_f64());
-    if let Some(kind) = error {
-        counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+    let hot = hot();
+    match error {
+        None => hot.redis_ok.record(elapsed.as_secs_f64()),
+        Some(kind) => {
+            hot.redis_error.record(elapsed.as_secs_f64());
+            counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+        }
     }
 }
 
@@ -182,13 +219,13 @@ pub struct InFlight(());
 
 impl InFlight {
     pub fn start() -> Self {
-        gauge!(CHECKS_IN_FLIGHT).increment(1.0);
+        hot().in_flight.increment(1.0);
         Self(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        gauge!(CHECKS_IN_FLIGHT).decrement(1.0);
+        hot().in_flight.decrement(1.0);
     }
 }

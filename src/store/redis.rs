@@ -99,8 +99,13 @@ impl RedisStore {
 
     /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
     /// only the fingerprint, so the key lives in one slot.
-    pub fn key_name(&self, key: &Fingerprint) -> String {
-        format!("{}{{{key}}}", self.key_prefix)
+    pub fn key_name(&self, key: &Fingerprint) -> Vec<u8> {
+        let mut name = Vec::with_capacity(self.key_prefix.len() + 34);
+        name.extend_from_slice(self.key_prefix.as_bytes());
+        name.push(b'{');
+        name.extend_from_slice(&key.hex());
+        name.push(b'}');
+        name
     }
 
     async fn connection(&self, lane: usize) -> Result<MultiplexedConnection, StoreError> {
@@ -146,7 +151,7 @@ impl RedisStore {
         }
     }
 
-    async fn eval(&self, lane: usize, key: &str, policy: Policy, cost: u32) -> Result<Reply, StoreError> {
+    async fn eval(&self, lane: usize, key: &[u8], policy: Policy, cost: u32) -> Result<Reply, StoreError> {
         let mut conn = self.connection(lane).await?;
         let mut invocation = self.script.key(key);
         invocation.arg(policy.limit()).arg(policy.window_ms()).arg(cost);
