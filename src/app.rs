@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, StoreConfig};
 use crate::grpc::RateLimiterService;
@@ -130,11 +130,14 @@ async fn serve<S: Store>(
             draining.notify_one();
         }
     };
+    // TCP_NODELAY on every accepted connection (Server::tcp_nodelay applies only to
+    // listeners tonic binds itself): with Nagle on, a response written while an earlier
+    // one is unacknowledged waits for the client's delayed ACK, 40 ms.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
-        .tcp_nodelay(true)
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     tracing::info!(%addr, "serving ratelimit.v1.RateLimiter");
     let grace = config.shutdown_grace;
     tokio::select! {

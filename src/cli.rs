@@ -40,7 +40,7 @@ pub struct Cli {
     pub redis_timeout: Duration,
 
     /// Redis connections per replica; each pipelines any number of concurrent calls.
-    #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", default_value_t = 4,
+    #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", default_value_t = 2,
           value_parser = value_parser!(u16).range(1..=256))]
     pub redis_connections: u16,
 
