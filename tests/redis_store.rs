@@ -115,6 +115,9 @@ async fn the_script_and_the_rust_ring_decide_alike() {
             let mut now = start;
             for _ in 0..600 {
                 now += rng.random_range(0..if round == 0 { 60 } else { 400 });
+                if rng.random_range(0..20) == 0 {
+                    now += rng.random_range(0..3_000); // an idle spell: the frontier jumps
+                }
                 let limit = limits[rng.random_range(0..limits.len())];
                 let window = [100u64, 300, 1000][rng.random_range(0..3)];
                 let cost = if round == 0 { rng.random_range(1..=limit) } else { rng.random_range(1..=limit / 4) };
