@@ -64,10 +64,6 @@ impl Policies {
         Self { default, overrides: HashMap::new() }
     }
 
-    pub fn for_key(&self, key: &Fingerprint) -> Policy {
-        self.lookup(key).0
-    }
-
     /// The key's policy, and whether it is an override (rather than the default).
     pub fn lookup(&self, key: &Fingerprint) -> (Policy, bool) {
         match self.overrides.get(key) {
@@ -87,10 +83,7 @@ impl SharedPolicies {
         Self(Arc::new(ArcSwap::from_pointee(policies)))
     }
 
-    pub fn for_key(&self, key: &Fingerprint) -> Policy {
-        self.0.load().for_key(key)
-    }
-
+    /// The key's policy, and whether it is an override.
     pub fn lookup(&self, key: &Fingerprint) -> (Policy, bool) {
         self.0.load().lookup(key)
     }
@@ -129,7 +122,7 @@ mod tests {
         let mut policies = Policies::uniform(default);
         policies.overrides.insert(fp, partner);
         let shared = SharedPolicies::new(policies);
-        assert_eq!(shared.for_key(&fp), partner);
-        assert_eq!(shared.for_key(&Fingerprint::from_bytes([8; 16])), default);
+        assert_eq!(shared.lookup(&fp), (partner, true));
+        assert_eq!(shared.lookup(&Fingerprint::from_bytes([8; 16])), (default, false));
     }
 }
