@@ -11,8 +11,8 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, StoreConfig};
-use crate::grpc::RateLimiterService;
 use crate::grpc::pb::rate_limiter_server::RateLimiterServer;
+use crate::grpc::{Health, RateLimiterService};
 use crate::limiter::Limiter;
 use crate::metrics::{self, Exposition, MetricsError, Throttled};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -24,6 +24,8 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// How often the in-process store drops keys whose window has passed, and the
 /// deny cache the denials that time has undone.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often gRPC health catches up with the store's health.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often an idle replica checks that Redis still answers.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -37,6 +39,8 @@ pub enum AppError {
     Transport(#[from] tonic::transport::Error),
     #[error("the metrics endpoint failed: {0}")]
     MetricsEndpoint(std::io::Error),
+    #[error("cannot set up server reflection: {0}")]
+    Reflection(String),
 }
 
 /// The already-bound sockets to serve on (tests bind port 0).
@@ -120,6 +124,9 @@ async fn serve<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
     let addr = listener.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
+    let (health, health_service) = Health::new();
+    let reflection = crate::grpc::reflection().map_err(AppError::Reflection)?;
+    let follower = tokio::spawn(follow_store(Arc::downgrade(&limiter), health.clone()));
     let service = RateLimiterServer::new(RateLimiterService::new(limiter)).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let draining = Arc::new(Notify::new());
     let signal = {
@@ -127,6 +134,8 @@ async fn serve<S: Store>(
         async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; finishing in-flight calls");
+            follower.abort();
+            health.set(false).await;
             draining.notify_one();
         }
     };
@@ -137,8 +146,10 @@ async fn serve<S: Store>(
     let server = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(service)
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, signal);
-    tracing::info!(%addr, "serving ratelimit.v1.RateLimiter");
+    tracing::info!(%addr, "serving ratelimit.v1.RateLimiter, grpc.health.v1.Health and reflection");
     let grace = config.shutdown_grace;
     tokio::select! {
         served = server => served?,
@@ -164,6 +175,23 @@ async fn report(throttled: Arc<Throttled>, handle: metrics_exporter_prometheus::
         tokio::select! {
             _ = rotate.tick() => throttled.rotate(),
             _ = upkeep.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Keeps gRPC health SERVING while the store answers and NOT_SERVING while it does
+/// not (as the limiter last saw it: a call's outcome or a probe's). Runs until the
+/// limiter is dropped, or shutdown takes health over.
+async fn follow_store<S: Store>(limiter: Weak<Limiter<S>>, health: Health) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    let mut serving = None;
+    loop {
+        tick.tick().await;
+        let Some(up) = limiter.upgrade().map(|limiter| limiter.store_is_up()) else { return };
+        if serving != Some(up) {
+            tracing::info!(serving = up, "gRPC health follows the store");
+            health.set(up).await;
+            serving = Some(up);
         }
     }
 }

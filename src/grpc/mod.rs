@@ -1,13 +1,18 @@
 //! The gRPC face: the generated code, the `RateLimiter` service, and the one place
 //! where domain decisions and errors become protobuf messages and statuses.
 
+mod health;
 mod service;
 
+pub use health::{Health, reflection};
 pub use service::RateLimiterService;
 
 /// Code generated from `proto/ratelimit/v1/ratelimit.proto`.
 pub mod pb {
     tonic::include_proto!("ratelimit.v1");
+
+    /// The encoded descriptors of our protos, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ratelimit_descriptor");
 }
 
 use tonic::Status;

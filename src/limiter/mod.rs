@@ -112,6 +112,11 @@ impl<S: Store> Limiter<S> {
         Ok(result?)
     }
 
+    /// Whether the store answered last time (a call or a health probe).
+    pub fn store_is_up(&self) -> bool {
+        self.store_up.load(Ordering::Relaxed)
+    }
+
     /// Records whether the store answers (a call's outcome, or a health probe's).
     pub fn note_store_health(&self, up: bool) {
         if self.store_up.swap(up, Ordering::Relaxed) != up {
