@@ -126,7 +126,10 @@ async fn serve<S: Store>(
     let addr = listener.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
     let (health, health_service) = Health::new();
     let reflection = crate::grpc::reflection().map_err(AppError::Reflection)?;
-    let follower = tokio::spawn(follow_store(Arc::downgrade(&limiter), health.clone()));
+    // Registered before serving: a check that arrives first must not find the service unknown.
+    let up = limiter.store_is_up();
+    health.set(up).await;
+    let follower = tokio::spawn(follow_store(Arc::downgrade(&limiter), health.clone(), up));
     let service = RateLimiterServer::new(RateLimiterService::new(limiter)).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let draining = Arc::new(Notify::new());
     let signal = {
@@ -182,16 +185,15 @@ async fn report(throttled: Arc<Throttled>, handle: metrics_exporter_prometheus::
 /// Keeps gRPC health SERVING while the store answers and NOT_SERVING while it does
 /// not (as the limiter last saw it: a call's outcome or a probe's). Runs until the
 /// limiter is dropped, or shutdown takes health over.
-async fn follow_store<S: Store>(limiter: Weak<Limiter<S>>, health: Health) {
+async fn follow_store<S: Store>(limiter: Weak<Limiter<S>>, health: Health, mut serving: bool) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-    let mut serving = None;
     loop {
         tick.tick().await;
         let Some(up) = limiter.upgrade().map(|limiter| limiter.store_is_up()) else { return };
-        if serving != Some(up) {
+        if serving != up {
             tracing::info!(serving = up, "gRPC health follows the store");
             health.set(up).await;
-            serving = Some(up);
+            serving = up;
         }
     }
 }
