@@ -25,7 +25,8 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
 
-    /// Redis to share limits through: redis://[user:password@]host:port[/db], or rediss:// for TLS.
+    /// Redis to share limits through: redis://[user:password@]host:port[/db] (TLS, rediss://, is not
+    /// supported yet).
     /// Without it, limits are kept in this process only.
     #[arg(long, env = "RATELIMITD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

@@ -20,7 +20,7 @@ const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
 /// How to reach Redis and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://` or `rediss://` URL, possibly with credentials: never logged.
+    /// A `redis://` URL, possibly with credentials: never logged.
     pub url: String,
     /// Put before `{fingerprint}` in every key name.
     pub key_prefix: String,
