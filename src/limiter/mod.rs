@@ -99,15 +99,8 @@ impl<S: Store> Limiter<S> {
             None => self.decide(&key, policy, cost).await,
         };
         metrics::check_done(overridden, cost, result.as_ref().map(|d| d.allowed).map_err(|_| ()), started.elapsed());
-        match &result {
-            Ok(decision) => {
-                self.note_store_health(true);
-                self.throttled.record(&key, decision);
-            }
-            Err(e) => {
-                tracing::warn!(key = %key, error = %e, "store call failed");
-                self.note_store_health(!e.is_transient());
-            }
+        if let Ok(decision) = &result {
+            self.throttled.record(&key, decision);
         }
         Ok(result?)
     }
@@ -124,13 +117,23 @@ impl<S: Store> Limiter<S> {
         }
     }
 
-    /// Asks the store, and remembers a denial that proves later ones.
+    /// Asks the store, notes whether it answered (only a real store call says so, not
+    /// a cached denial), and remembers a denial that proves later ones.
     async fn decide(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
         let _in_flight = InFlight::start();
         let sent = Instant::now();
         let result = self.store.check_and_consume(key, policy, cost).await;
-        if let (Some(cache), Ok(decision)) = (&self.deny_cache, &result) {
-            cache.remember(key, policy, cost, sent, decision);
+        match &result {
+            Ok(decision) => {
+                self.note_store_health(true);
+                if let Some(cache) = &self.deny_cache {
+                    cache.remember(key, policy, cost, sent, decision);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "store call failed");
+                self.note_store_health(!e.is_transient());
+            }
         }
         result
     }
@@ -207,6 +210,36 @@ mod tests {
         let long = format!("sk_live_{}", "7".repeat(MAX_KEY_ID_BYTES));
         let error = limiter(3).check_and_consume(&long, 1).await.unwrap_err().to_string();
         assert!(!error.contains("sk_live_"), "{error}");
+    }
+
+    /// A store that denies every request for a minute, or fails while `down`.
+    struct Flaky {
+        down: AtomicBool,
+    }
+
+    impl Store for Flaky {
+        async fn check_and_consume(&self, _: &Fingerprint, policy: Policy, _: u32) -> Result<Decision, StoreError> {
+            if self.down.load(Ordering::Relaxed) {
+                return Err(StoreError::Unavailable("down for the test".into()));
+            }
+            let (retry_after_ms, decided_at_ms) = (60_000, 1_000);
+            let limit = policy.limit();
+            Ok(Decision { allowed: false, limit, remaining: 0, retry_after_ms, reset_after_ms: 60_000, decided_at_ms })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_denial_says_nothing_about_store_health() {
+        let base = limiter(3);
+        let store = Flaky { down: AtomicBool::new(false) };
+        let limiter = Limiter::new(store, base.policies.clone(), base.fingerprinter.clone(), base.throttled.clone())
+            .with_deny_cache();
+        assert!(!limiter.check_and_consume("k", 1).await.unwrap().allowed, "denied, and cached");
+        limiter.store().down.store(true, Ordering::Relaxed);
+        assert!(limiter.check_and_consume("k", 2).await.is_err(), "cost 2 goes to the store, which is down");
+        assert!(!limiter.store_is_up());
+        assert!(!limiter.check_and_consume("k", 1).await.unwrap().allowed, "answered from the cache");
+        assert!(!limiter.store_is_up(), "a cache hit must not mark a down store as up");
     }
 
     #[tokio::test]
