@@ -1,16 +1,20 @@
--- sliding_window.lua: one exact sliding-window check-and-consume, atomically, on Redis's clock.
+-- sliding_window.lua: one exact sliding-window check-and-consume over one to four
+-- windows, atomically, on Redis's clock.
 --
 -- KEYS[1]  the API key's ring, named <prefix>{<fingerprint>} (one key, one Cluster slot)
--- ARGV[1]  limit L: units the window admits, 1 <= L
--- ARGV[2]  window W in milliseconds, 1 <= W
--- ARGV[3]  cost c of this request, 1 <= c <= L
--- ARGV[4]  optional: the caller's clock, Unix ms, used instead of Redis TIME. The
---          service never passes it (it would trust each replica's clock); it exists
---          for Redis services that forbid TIME in scripts and for tests that replay
---          a timeline.
+-- ARGV[1]  cost c of this request, 1 <= c <= every window's limit
+-- ARGV[2]  'consume' (count the request if it fits every window) or 'peek' (write nothing)
+-- ARGV[3]  '' to use Redis TIME, or the caller's clock in Unix ms. The service always
+--          passes ''; a caller clock (trusting each replica's clock) exists for Redis
+--          services that forbid TIME in scripts and for tests that replay a timeline.
+-- ARGV[4], ARGV[5]  limit L1 and window W1 (ms) of the longest window, 1 <= L, 1 <= W
+-- ARGV[6], ARGV[7] ...  further windows (at most 4 in all), each shorter than the one before
 --
--- Returns {allowed (1|0), remaining, retry_after_ms, reset_after_ms, decided_at_ms}.
--- Needs Redis 6.2 or newer (SET ... PXAT / KEEPTTL).
+-- Returns {allowed (1|0), decided_at_ms, newest_ms (the key's newest unit before this
+-- request, 0 if none), then for each window: spare (units free before this request),
+-- retry_after_ms (0 if the request fits that window)}. The caller assembles remaining,
+-- retry and reset from these (src/limiter/decision.rs), as the in-process store does.
+-- Needs Redis 6.2 or newer (SET ... KEEPTTL).
 --
 -- Storage: one string per API key. A 40-byte header (little-endian): the ring's
 -- capacity C (u32), its head (u32), the frontier hint (u32, see below), the format
@@ -21,12 +25,16 @@
 -- holds 0, older than any window. C is the largest limit the key has had while it
 -- lived: a lowered limit never drops history.
 --
--- Invariants (the exactness rule, on this clock, at millisecond resolution):
+-- Invariants (the exactness rule, on this clock, at millisecond resolution), for each
+-- window (L, W); every window reads the same history, since an allowed unit counts in all:
 -- * a request of cost c fits iff slot C-L+c-1 (0 = oldest) is at least W old: then
 --   at most L-c units were allowed in (now-W, now], so allowing c keeps every window
 --   at or under L (never over), and no fitting request is denied (never under);
--- * a denial's retry_after is (that slot + W - now): only time frees capacity, so the
---   same request is allowed then if nothing else is (honest retry);
+-- * it is allowed iff it fits every window, and then counts in all of them; a request
+--   that does not fit one window consumes from none;
+-- * a denial's retry_after is the largest (that slot + W - now) over the windows it does
+--   not fit: only time frees capacity, so the same request is allowed then if nothing
+--   else is (honest retry);
 -- * time never runs backwards for a key: now is at least its newest entry, even after
 --   a failover to a host with another clock;
 -- * a raised limit grows the ring once with empty slots in front; a lowered one keeps
@@ -40,18 +48,35 @@
 -- Work per call: each redis.call() from Lua costs more than a few bytes of copying,
 -- and Redis hashes every byte of every Lua string, so the script reads 8-byte slots
 -- and as few as it can. The frontier (the first slot inside the window) only moves
--- forward while the cutoff (now - W) does, so the header remembers where it was (as a
--- slot position, which writes do not move) and the next call gallops from there: a
--- steady key needs one or two reads, a key idle for a while O(log C). A cutoff below
--- the remembered one (a longer window) searches from the oldest slot. Writes are one SETRANGE of the c slots plus
+-- forward while the cutoff (now - W) does, so the header remembers where the longest
+-- window's frontier was (as a slot position, which writes do not move) and the next call
+-- gallops from there: a steady key needs one or two reads, a key idle for a while
+-- O(log C). A cutoff below the remembered one (a longer window) searches from the
+-- oldest slot. Shorter windows hold the newest units, so their frontier is found by
+-- galloping back from the newest slot. Writes are one SETRANGE of the c slots plus
 -- the header; the TTL is pushed out in steps of W/8, not on every call.
 
 local key = KEYS[1]
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-if not limit or not window or not cost or limit < 1 or window < 1 or cost < 1 or cost > limit then
-  return redis.error_reply('ERR ratelimitd: invalid arguments: need 1 <= cost <= limit and window >= 1')
+local cost = tonumber(ARGV[1])
+local peek = ARGV[2] == 'peek'
+local limits, windows = {}, {}
+for i = 4, #ARGV, 2 do
+  limits[#limits + 1] = tonumber(ARGV[i])
+  windows[#windows + 1] = tonumber(ARGV[i + 1])
+end
+local count = #limits
+local valid = cost and cost >= 1 and count >= 1 and count <= 4 and (ARGV[2] == 'consume' or peek)
+local capacity_needed = 0
+for i = 1, count do
+  local l, w = limits[i], windows[i]
+  if not l or not w or l < 1 or w < 1 or cost == nil or cost > l or (i > 1 and w >= windows[i - 1]) then
+    valid = false
+  elseif l > capacity_needed then
+    capacity_needed = l
+  end
+end
+if not valid then
+  return redis.error_reply('ERR ratelimitd: invalid arguments: need cost, consume|peek, clock, then 1-4 (limit, window) pairs, longest first, cost <= every limit')
 end
 
 local HEADER = 40
@@ -60,96 +85,162 @@ local SLOT = 8
 local FORMAT = 1
 local ZERO_SLOT = string.rep('\0', SLOT)
 
-local now = tonumber(ARGV[4])
+local now = tonumber(ARGV[3])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+local longest = windows[1]
 -- How long past its last needed moment a key may live: the TTL moves in these steps.
-local slack = math.floor(window / 8)
+local slack = math.floor(longest / 8)
 
 local header = redis.call('GETRANGE', key, 0, HEADER - 1)
 if #header < HEADER then
+  local reply = {1, now, 0}
+  for i = 1, count do
+    reply[#reply + 1] = limits[i]
+    reply[#reply + 1] = 0
+  end
+  if peek then
+    return reply
+  end
   -- A new key: Redis allocates the whole ring at its exact size, zero-filled, once
   -- (a SETRANGE past the end of a missing key), so no Lua string of C slots is built
   -- and hashed, and later writes never grow (and over-allocate) it. The first c
   -- slots follow the header, so one write sets both.
   local stamp = struct.pack('<i8', now)
-  local expires = now + window + slack
-  redis.call('SETRANGE', key, HEADER + (limit - 1) * SLOT, ZERO_SLOT)
-  redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, limit, cost % limit, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
+  local expires = now + longest + slack
+  local capacity = capacity_needed
+  redis.call('SETRANGE', key, HEADER + (capacity - 1) * SLOT, ZERO_SLOT)
+  redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, cost % capacity, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
   redis.call('PEXPIREAT', key, expires)
-  return {1, limit - cost, 0, window, now}
+  return reply
 end
 
 local capacity, head, hint, format, expires, newest, hint_cutoff = struct.unpack(LAYOUT, header)
 if format ~= FORMAT then
   return redis.error_reply('ERR ratelimitd: key ' .. key .. ' does not hold a format ' .. FORMAT .. ' ratelimitd ring')
 end
-if capacity < limit then
-  local body = redis.call('GETRANGE', key, HEADER, -1)
+local body = nil
+if capacity < capacity_needed then
+  body = redis.call('GETRANGE', key, HEADER, -1)
   if #body ~= capacity * SLOT then
     return redis.error_reply('ERR ratelimitd: key ' .. key .. ' does not hold a ratelimitd ring')
   end
   local split = head * SLOT
-  body = string.rep(ZERO_SLOT, limit - capacity) .. string.sub(body, split + 1) .. string.sub(body, 1, split)
-  capacity, head, hint, hint_cutoff = limit, 0, 0, 0
-  redis.call('SET', key, struct.pack(LAYOUT, capacity, head, hint, FORMAT, expires, newest, hint_cutoff) .. body, 'KEEPTTL')
+  body = string.rep(ZERO_SLOT, capacity_needed - capacity) .. string.sub(body, split + 1) .. string.sub(body, 1, split)
+  capacity, head, hint, hint_cutoff = capacity_needed, 0, 0, 0
+  if not peek then
+    redis.call('SET', key, struct.pack(LAYOUT, capacity, head, hint, FORMAT, expires, newest, hint_cutoff) .. body, 'KEEPTTL')
+    body = nil
+  end
 end
 
 local seen = {}
--- Slot j of the ring, 0 = oldest (each read at most once per call).
+-- Slot j of the ring, 0 = oldest (each read at most once per call). A peek that
+-- grew the ring reads the grown copy it did not write.
 local function slot_at(j)
   local value = seen[j]
   if not value then
-    local offset = HEADER + ((head + j) % capacity) * SLOT
-    value = struct.unpack('<i8', redis.call('GETRANGE', key, offset, offset + SLOT - 1))
+    local offset = ((head + j) % capacity) * SLOT
+    if body then
+      value = struct.unpack('<i8', string.sub(body, offset + 1, offset + SLOT))
+    else
+      value = struct.unpack('<i8', redis.call('GETRANGE', key, HEADER + offset, HEADER + offset + SLOT - 1))
+    end
     seen[j] = value
   end
   return value
 end
 
+-- The first slot in lo..hi-1 newer than cutoff (hi if none), knowing every slot
+-- before lo is at most cutoff and every slot from hi on newer.
+local function bisect(lo, hi, cutoff)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if slot_at(mid) <= cutoff then
+      lo = mid + 1
+    else
+      hi = mid
+    end
+  end
+  return lo
+end
+
+-- The same, galloping forward from lo: cheap when the frontier is just past lo.
+local function gallop_forward(lo, hi, cutoff)
+  local step = 1
+  while lo < hi do
+    local probe = math.min(lo + step - 1, hi - 1)
+    if slot_at(probe) > cutoff then
+      return bisect(lo, probe, cutoff)
+    end
+    lo = probe + 1
+    step = step * 2
+  end
+  return lo
+end
+
+-- The same, galloping back from hi: cheap when few slots are inside the window.
+local function gallop_back(lo, hi, cutoff)
+  local step = 1
+  while lo < hi do
+    local probe = math.max(hi - step, lo)
+    if slot_at(probe) <= cutoff then
+      return bisect(probe + 1, hi, cutoff)
+    end
+    hi = probe
+    step = step * 2
+  end
+  return lo
+end
+
 if newest > now then
   now = newest
 end
-local cutoff = now - window
 
--- The frontier: the first slot newer than cutoff (C if none). Every slot before the
--- hint was outside the window at the last call, and cutoffs only grow, so search
--- from there: gallop until a slot inside the window, then bisect the last step.
-local lo = 0
+-- The longest window's frontier: every slot before the hint was outside the window
+-- at the last call, and cutoffs only grow, so search from there.
+local cutoff = now - longest
+local start = 0
 if cutoff >= hint_cutoff then
-  lo = (hint - head) % capacity
+  start = (hint - head) % capacity
 end
-local hi = capacity
-local step = 1
-while lo < hi do
-  local probe = math.min(lo + step - 1, capacity - 1)
-  if slot_at(probe) > cutoff then
-    hi = probe
-    break
-  end
-  lo = probe + 1
-  step = step * 2
-end
-while lo < hi do
-  local mid = math.floor((lo + hi) / 2)
-  if slot_at(mid) <= cutoff then
-    lo = mid + 1
-  else
-    hi = mid
-  end
-end
-local frontier = lo
-local decisive = capacity - limit + cost - 1
--- Room left under the limit; below 0 while a lowered limit still counts older units.
-local spare = math.max(frontier - (capacity - limit), 0)
+local frontier = gallop_forward(start, capacity, cutoff)
 local new_hint = (head + frontier) % capacity
 
-if frontier <= decisive then
-  local needed = slot_at(decisive)
-  local keep = newest + window
+local allowed = 1
+local reply = {0, now, newest}
+for i = 1, count do
+  local l, w = limits[i], windows[i]
+  local decisive = capacity - l + cost - 1
+  local f = frontier
+  if i > 1 then
+    local c = now - w
+    if slot_at(decisive) <= c then
+      f = gallop_back(decisive + 1, capacity, c)
+    else
+      f = gallop_back(0, decisive, c)
+    end
+  end
+  -- Room left under the limit; below 0 while a lowered limit still counts older units.
+  local spare = math.max(f - (capacity - l), 0)
+  local retry = 0
+  if f <= decisive then
+    allowed = 0
+    retry = slot_at(decisive) + w - now
+  end
+  reply[#reply + 1] = spare
+  reply[#reply + 1] = retry
+end
+reply[1] = allowed
+if peek then
+  return reply
+end
+
+if allowed == 0 then
+  local keep = newest + longest
   local extended = keep > expires
   if extended then
     -- A longer window than the key has lived by: keep its history that long.
@@ -160,13 +251,13 @@ if frontier <= decisive then
     -- Nothing is counted; the header only remembers the frontier and the expiry.
     redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, head, new_hint, FORMAT, expires, newest, cutoff))
   end
-  return {0, spare, needed + window - now, newest + window - now, now}
+  return reply
 end
 
--- The c oldest slots are all outside the window (they precede the frontier).
+-- The c oldest slots are outside every window (they precede each frontier).
 local stamp = struct.pack('<i8', now)
-if expires < now + window then
-  expires = now + window + slack
+if expires < now + longest then
+  expires = now + longest + slack
   redis.call('PEXPIREAT', key, expires)
 end
 local first = math.min(cost, capacity - head)
@@ -175,4 +266,4 @@ if cost > first then
   redis.call('SETRANGE', key, HEADER, string.rep(stamp, cost - first))
 end
 redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, cutoff))
-return {1, spare - cost, 0, window, now}
+return reply

@@ -93,12 +93,14 @@ async fn recovers_when_redis_restarts_empty() {
 }
 
 /// The Lua script and the Rust ring (the in-process store) must decide alike. This
-/// replays random timelines (limits up and down, several windows, costs, both the
-/// whole-ring and the slot-by-slot path of the script) on both and compares every field.
+/// replays random timelines (limits up and down, one to three windows at once, window
+/// lengths changing, costs, peeks, both the whole-ring and the slot-by-slot path of the
+/// script) on both and compares every field.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_the_rust_ring_decide_alike() {
     use rand::{Rng, SeedableRng};
-    use ratelimitd::limiter::{Policy, Ring};
+    use ratelimitd::limiter::{Limits, Mode, Ring, Window};
+    use ratelimitd::store::redis::{decode, mode_arg};
 
     let backend = Backend::redis().await;
     let mut conn = backend.redis.as_ref().unwrap().conn().await;
@@ -118,29 +120,27 @@ async fn the_script_and_the_rust_ring_decide_alike() {
                 if rng.random_range(0..20) == 0 {
                     now += rng.random_range(0..3_000); // an idle spell: the frontier jumps
                 }
-                let limit = limits[rng.random_range(0..limits.len())];
-                let window = [100u64, 300, 1000][rng.random_range(0..3)];
-                let cost = if round == 0 { rng.random_range(1..=limit) } else { rng.random_range(1..=limit / 4) };
-                let policy = Policy::new(limit, Duration::from_millis(window)).unwrap();
-                let expected = ring.check_and_consume(now, policy, cost);
-                let (allowed, remaining, retry, reset, at): (u8, u32, u64, u64, u64) = script
-                    .key(&name)
-                    .arg(limit)
-                    .arg(window)
-                    .arg(cost)
-                    .arg(now)
-                    .invoke_async(&mut conn)
-                    .await
-                    .expect("the script runs");
-                let got = (allowed == 1, remaining, retry, reset, at);
-                let want = (
-                    expected.allowed,
-                    expected.remaining,
-                    expected.retry_after_ms,
-                    expected.reset_after_ms,
-                    expected.decided_at_ms,
-                );
-                assert_eq!(got, want, "{name} at +{} ms, limit {limit}, window {window}, cost {cost}", now - start);
+                // One to three windows, each with its own limit from the round's set.
+                let mut windows = Vec::new();
+                for window in [1000u64, 300, 100] {
+                    if windows.is_empty() && window == 100 || rng.random_range(0..3) == 0 {
+                        let limit = limits[rng.random_range(0..limits.len())];
+                        windows.push(Window::new(limit, Duration::from_millis(window)).unwrap());
+                    }
+                }
+                let policy = Limits::new(&windows).unwrap();
+                let max = policy.max_cost();
+                let cost = if round == 0 { rng.random_range(1..=max) } else { rng.random_range(1..=max / 4) };
+                let mode = if rng.random_range(0..8) == 0 { Mode::Peek } else { Mode::Consume };
+                let expected = ring.check(now, &policy, cost, mode);
+                let mut invocation = script.key(&name);
+                invocation.arg(cost).arg(mode_arg(mode)).arg(now);
+                for w in policy.windows() {
+                    invocation.arg(w.limit()).arg(w.window_ms());
+                }
+                let reply: Vec<u64> = invocation.invoke_async(&mut conn).await.expect("the script runs");
+                let got = decode(&policy, cost, &reply).expect("a well-formed reply");
+                assert_eq!(got, expected, "{name} at +{} ms, {policy:?}, cost {cost}, {mode:?}", now - start);
                 compared += 1;
             }
         }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{Decision, Fingerprint, Policy};
+use super::{Decision, Fingerprint, Limits};
 use crate::lock;
 
 const SHARDS: usize = 64;
@@ -17,15 +17,14 @@ const MAX_ENTRIES_PER_SHARD: usize = 4096;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// The policy the denial was made under: a changed limit or window drops it.
-    policy: Policy,
+    /// The limits the denial was made under: a changed limit or window drops it.
+    limits: Limits,
     /// When the store call that returned the denial was sent. The store decided at
     /// or after this instant, so `decided_at + elapsed since sent` is never earlier
     /// than the store's clock now: the cache can only stop answering too soon.
     sent: Instant,
-    decided_at_ms: u64,
+    decision: Decision,
     free_at_ms: u64,
-    empty_at_ms: u64,
 }
 
 impl Entry {
@@ -33,7 +32,7 @@ impl Entry {
     fn now_ms(&self) -> u64 {
         let elapsed = self.sent.elapsed();
         let ms = elapsed.as_millis() as u64 + u64::from(!elapsed.subsec_nanos().is_multiple_of(1_000_000));
-        self.decided_at_ms + ms
+        self.decision.decided_at_ms + ms
     }
 }
 
@@ -50,39 +49,37 @@ impl Default for DenyCache {
 
 impl DenyCache {
     /// The store's answer to a cost-1 request for `key`, if a cached denial proves it.
-    pub fn lookup(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Option<Decision> {
+    /// Every field is exact: until `free_at` no replica can count a unit for the key,
+    /// so its history, and with it every wait, only moves with the clock.
+    pub fn lookup(&self, key: &Fingerprint, limits: &Limits, cost: u32) -> Option<Decision> {
         if cost != 1 {
             return None;
         }
         let mut shard = lock(self.shard(key));
         let entry = *shard.get(key)?;
         let now = entry.now_ms();
-        if entry.policy != policy || now >= entry.free_at_ms {
+        if entry.limits != *limits || now >= entry.free_at_ms {
             shard.remove(key);
             return None;
         }
+        let d = entry.decision;
+        let elapsed = now - d.decided_at_ms;
         Some(Decision {
-            allowed: false,
-            limit: policy.limit(),
-            remaining: 0,
             retry_after_ms: entry.free_at_ms - now,
-            reset_after_ms: entry.empty_at_ms.saturating_sub(now),
+            reset_after_ms: d.reset_after_ms.saturating_sub(elapsed),
+            window_reset_ms: d.window_reset_ms.saturating_sub(elapsed),
             decided_at_ms: now,
+            ..d
         })
     }
 
     /// Remembers the store's denial of a cost-1 request sent at `sent`.
-    pub fn remember(&self, key: &Fingerprint, policy: Policy, cost: u32, sent: Instant, decision: &Decision) {
+    pub fn remember(&self, key: &Fingerprint, limits: &Limits, cost: u32, sent: Instant, decision: &Decision) {
         if cost != 1 || decision.allowed || decision.retry_after_ms == 0 {
             return;
         }
-        let entry = Entry {
-            policy,
-            sent,
-            decided_at_ms: decision.decided_at_ms,
-            free_at_ms: decision.decided_at_ms + decision.retry_after_ms,
-            empty_at_ms: decision.decided_at_ms + decision.reset_after_ms,
-        };
+        let free_at_ms = decision.decided_at_ms + decision.retry_after_ms;
+        let entry = Entry { limits: *limits, sent, decision: *decision, free_at_ms };
         let mut shard = lock(self.shard(key));
         if shard.len() < MAX_ENTRIES_PER_SHARD || shard.contains_key(key) {
             shard.insert(*key, entry);
@@ -112,23 +109,27 @@ mod tests {
 
     use super::*;
 
+    use crate::limiter::WindowCheck;
+
     fn denial(decided_at_ms: u64, retry_after_ms: u64) -> Decision {
-        Decision { allowed: false, limit: 2, remaining: 0, retry_after_ms, reset_after_ms: 900, decided_at_ms }
+        let limits = Limits::single(2, Duration::from_secs(1)).unwrap();
+        let full = [WindowCheck { spare: 0, retry_after_ms }];
+        Decision::assemble(&limits, 1, decided_at_ms, decided_at_ms - 100, &full)
     }
 
     #[test]
     fn answers_cost_1_denials_until_time_frees_capacity() {
         let cache = DenyCache::default();
         let key = Fingerprint::from_bytes([1; 16]);
-        let policy = Policy::new(2, Duration::from_secs(1)).unwrap();
-        cache.remember(&key, policy, 1, Instant::now(), &denial(1_000, 60));
-        let cached = cache.lookup(&key, policy, 1).expect("a cached denial");
+        let policy = Limits::single(2, Duration::from_secs(1)).unwrap();
+        cache.remember(&key, &policy, 1, Instant::now(), &denial(1_000, 60));
+        let cached = cache.lookup(&key, &policy, 1).expect("a cached denial");
         assert!(!cached.allowed);
         assert_eq!(cached.decided_at_ms + cached.retry_after_ms, 1_060, "the same moment as the store's answer");
         assert_eq!(cached.decided_at_ms + cached.reset_after_ms, 1_900);
-        assert!(cache.lookup(&key, policy, 2).is_none(), "only cost-1 answers are proven");
+        assert!(cache.lookup(&key, &policy, 2).is_none(), "only cost-1 answers are proven");
         std::thread::sleep(Duration::from_millis(61));
-        assert!(cache.lookup(&key, policy, 1).is_none(), "time has freed a unit");
+        assert!(cache.lookup(&key, &policy, 1).is_none(), "time has freed a unit");
         assert_eq!(cache.evict_expired(), 0, "the lookup already dropped it");
     }
 
@@ -136,10 +137,10 @@ mod tests {
     fn a_changed_policy_drops_the_denial() {
         let cache = DenyCache::default();
         let key = Fingerprint::from_bytes([2; 16]);
-        let old = Policy::new(2, Duration::from_secs(60)).unwrap();
-        let raised = Policy::new(5, Duration::from_secs(60)).unwrap();
-        cache.remember(&key, old, 1, Instant::now(), &denial(1_000, 50_000));
-        assert!(cache.lookup(&key, raised, 1).is_none());
-        assert!(cache.lookup(&key, old, 1).is_none(), "dropped, not kept for later");
+        let old = Limits::single(2, Duration::from_secs(60)).unwrap();
+        let raised = Limits::single(5, Duration::from_secs(60)).unwrap();
+        cache.remember(&key, &old, 1, Instant::now(), &denial(1_000, 50_000));
+        assert!(cache.lookup(&key, &raised, 1).is_none());
+        assert!(cache.lookup(&key, &old, 1).is_none(), "dropped, not kept for later");
     }
 }

@@ -1,38 +1,41 @@
 //! The domain: policies, decisions, input validation and the exactness rule.
 //! Nothing here knows about gRPC or Redis; stores implement [`crate::store::Store`].
 
+mod decision;
 mod deny_cache;
 mod fingerprint;
 mod policy;
 mod ring;
 
+pub use decision::{Decision, Mode, WindowCheck};
 pub use deny_cache::DenyCache;
 pub use fingerprint::{Fingerprint, Fingerprinter};
-pub use policy::{MAX_LIMIT, MAX_WINDOW, Policies, Policy, PolicyError, SharedPolicies};
+pub use policy::{
+    DEFAULT_POLICY, Limits, MAX_LIMIT, MAX_WINDOW, MAX_WINDOWS, Override, Policies, Policy, PolicyError, Resolved,
+    SharedPolicies, Window,
+};
 pub use ring::Ring;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::metrics::{self, InFlight, Throttled};
+use crate::metrics::{self, CheckResult, InFlight, Throttled};
 use crate::store::{Store, StoreError};
 
 /// The longest `key_id` accepted, in bytes.
 pub const MAX_KEY_ID_BYTES: usize = 256;
 
-/// One decision, on the store's clock (Unix ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub limit: u32,
-    /// Units still available in the window after this decision.
-    pub remaining: u32,
-    /// 0 when allowed; when denied, the wait until the same request fits if nothing else is allowed.
-    pub retry_after_ms: u64,
-    /// The wait until the window holds no counted unit.
-    pub reset_after_ms: u64,
-    pub decided_at_ms: u64,
+/// A decision with what it was made under.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// What the caller should do. Under a shadow policy it is always allowed (and
+    /// `retry_after_ms` 0); `shadow_denied` says whether enforcing would have denied.
+    pub decision: Decision,
+    pub policy: Arc<Policy>,
+    /// The key's readable name from the limits file, if it has one.
+    pub alias: Option<Arc<str>>,
+    pub shadow_denied: bool,
 }
 
 /// Why a check produced no decision. Messages name the field and value, never the key.
@@ -45,9 +48,17 @@ pub enum CheckError {
 }
 
 impl CheckError {
-    fn invalid(field: &'static str, reason: String) -> Self {
+    pub fn invalid(field: &'static str, reason: String) -> Self {
         Self::InvalidArgument { field, reason }
     }
+}
+
+/// A request that passed validation: its key's fingerprint, policy and cost.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    key: Fingerprint,
+    resolved: Resolved,
+    cost: u32,
 }
 
 /// Validates requests, picks each key's policy and asks the store to decide.
@@ -83,26 +94,65 @@ impl<S: Store> Limiter<S> {
         &self.store
     }
 
+    pub fn policies(&self) -> &SharedPolicies {
+        &self.policies
+    }
+
     /// Counts `cost` units (0 means 1) against `key_id` if they fit. A rejected
     /// request writes nothing. Records the key's fingerprint in the current span.
-    pub async fn check_and_consume(&self, key_id: &str, cost: u32) -> Result<Decision, CheckError> {
-        let started = Instant::now();
+    pub async fn check_and_consume(&self, key_id: &str, cost: u32) -> Result<Verdict, CheckError> {
+        let checked = self.validate(key_id, cost)?;
+        self.decide(checked, Mode::Consume).await
+    }
+
+    /// The answer `check_and_consume` would give now, without counting anything.
+    pub async fn peek(&self, key_id: &str, cost: u32) -> Result<Verdict, CheckError> {
+        let checked = self.validate(key_id, cost)?;
+        self.decide(checked, Mode::Peek).await
+    }
+
+    /// Checks a request without deciding it, so that a batch (several Envoy
+    /// descriptors) is rejected whole before any part of it is counted.
+    pub fn validate(&self, key_id: &str, cost: u32) -> Result<Checked, CheckError> {
         let key = self.key(key_id).inspect_err(count_invalid)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
-        let (policy, overridden) = self.policies.lookup(&key);
-        let cost = validate_cost(cost, policy).inspect_err(count_invalid)?;
-        let result = match self.deny_cache.as_ref().and_then(|cache| cache.lookup(&key, policy, cost)) {
+        let resolved = self.policies.lookup(&key);
+        let cost = validate_cost(cost, &resolved.policy.limits).inspect_err(count_invalid)?;
+        Ok(Checked { key, resolved, cost })
+    }
+
+    /// Decides a validated request.
+    pub async fn decide(&self, checked: Checked, mode: Mode) -> Result<Verdict, CheckError> {
+        let started = Instant::now();
+        let Checked { key, resolved, cost } = checked;
+        let limits = &resolved.policy.limits;
+        let result = match self.deny_cache.as_ref().and_then(|cache| cache.lookup(&key, limits, cost)) {
             Some(cached) => {
                 metrics::deny_cache_hit();
                 Ok(cached)
             }
-            None => self.decide(&key, policy, cost).await,
+            None => self.ask_store(&key, limits, cost, mode).await,
         };
-        metrics::check_done(overridden, cost, result.as_ref().map(|d| d.allowed).map_err(|_| ()), started.elapsed());
-        if let Ok(decision) = &result {
-            self.throttled.record(&key, decision);
+        let shadow = resolved.policy.shadow;
+        let outcome = match &result {
+            Ok(d) if d.allowed => CheckResult::Allowed,
+            Ok(_) if shadow => CheckResult::ShadowDenied,
+            Ok(_) => CheckResult::Denied,
+            Err(_) => CheckResult::Error,
+        };
+        let mut decision = result?;
+        if mode == Mode::Consume {
+            metrics::check_done(resolved.overridden, cost, outcome, started.elapsed());
+            if !shadow {
+                self.throttled.record(&key, resolved.alias.as_deref(), &decision);
+            }
         }
-        Ok(result?)
+        let shadow_denied = outcome == CheckResult::ShadowDenied;
+        if shadow_denied {
+            decision.allowed = true;
+            decision.retry_after_ms = 0;
+        }
+        Ok(Verdict { decision, policy: resolved.policy, alias: resolved.alias, shadow_denied })
     }
 
     /// Whether the store answered last time (a call or a health probe).
@@ -119,15 +169,21 @@ impl<S: Store> Limiter<S> {
 
     /// Asks the store, notes whether it answered (only a real store call says so, not
     /// a cached denial), and remembers a denial that proves later ones.
-    async fn decide(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
+    async fn ask_store(
+        &self,
+        key: &Fingerprint,
+        limits: &Limits,
+        cost: u32,
+        mode: Mode,
+    ) -> Result<Decision, CheckError> {
         let _in_flight = InFlight::start();
         let sent = Instant::now();
-        let result = self.store.check_and_consume(key, policy, cost).await;
+        let result = self.store.check(key, limits, cost, mode).await;
         match &result {
             Ok(decision) => {
                 self.note_store_health(true);
                 if let Some(cache) = &self.deny_cache {
-                    cache.remember(key, policy, cost, sent, decision);
+                    cache.remember(key, limits, cost, sent, decision);
                 }
             }
             Err(e) => {
@@ -135,7 +191,7 @@ impl<S: Store> Limiter<S> {
                 self.note_store_health(!e.is_transient());
             }
         }
-        result
+        Ok(result?)
     }
 
     fn key(&self, key_id: &str) -> Result<Fingerprint, CheckError> {
@@ -156,11 +212,11 @@ fn count_invalid(error: &CheckError) {
     }
 }
 
-fn validate_cost(cost: u32, policy: Policy) -> Result<u32, CheckError> {
+fn validate_cost(cost: u32, limits: &Limits) -> Result<u32, CheckError> {
     let cost = cost.max(1);
-    if cost > policy.limit() {
+    if cost > limits.max_cost() {
         let reason =
-            format!("{cost} is greater than the key's limit of {}, so it can never be allowed", policy.limit());
+            format!("{cost} is greater than the key's limit of {}, so it can never be allowed", limits.max_cost());
         return Err(CheckError::invalid("cost", reason));
     }
     Ok(cost)
@@ -174,7 +230,7 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn limiter(limit: u32) -> Limiter<MemoryStore> {
-        let policy = Policy::new(limit, Duration::from_secs(60)).unwrap();
+        let policy = Policy::default_with(limit, Duration::from_secs(60)).unwrap();
         let throttled = Arc::new(Throttled::new(metrics::ThrottleOptions {
             top_k: 20,
             interval: Duration::from_secs(60),
@@ -188,7 +244,7 @@ mod tests {
         )
     }
 
-    fn field_of(result: Result<Decision, CheckError>) -> &'static str {
+    fn field_of(result: Result<Verdict, CheckError>) -> &'static str {
         match result {
             Err(CheckError::InvalidArgument { field, .. }) => field,
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
@@ -218,13 +274,12 @@ mod tests {
     }
 
     impl Store for Flaky {
-        async fn check_and_consume(&self, _: &Fingerprint, policy: Policy, _: u32) -> Result<Decision, StoreError> {
+        async fn check(&self, _: &Fingerprint, limits: &Limits, c: u32, _: Mode) -> Result<Decision, StoreError> {
             if self.down.load(Ordering::Relaxed) {
                 return Err(StoreError::Unavailable("down for the test".into()));
             }
-            let (retry_after_ms, decided_at_ms) = (60_000, 1_000);
-            let limit = policy.limit();
-            Ok(Decision { allowed: false, limit, remaining: 0, retry_after_ms, reset_after_ms: 60_000, decided_at_ms })
+            let full = [WindowCheck { spare: 0, retry_after_ms: 60_000 }];
+            Ok(Decision::assemble(limits, c, 1_000, 1_000, &full))
         }
     }
 
@@ -234,18 +289,41 @@ mod tests {
         let store = Flaky { down: AtomicBool::new(false) };
         let limiter = Limiter::new(store, base.policies.clone(), base.fingerprinter.clone(), base.throttled.clone())
             .with_deny_cache();
-        assert!(!limiter.check_and_consume("k", 1).await.unwrap().allowed, "denied, and cached");
+        assert!(!limiter.check_and_consume("k", 1).await.unwrap().decision.allowed, "denied, and cached");
         limiter.store().down.store(true, Ordering::Relaxed);
         assert!(limiter.check_and_consume("k", 2).await.is_err(), "cost 2 goes to the store, which is down");
         assert!(!limiter.store_is_up());
-        assert!(!limiter.check_and_consume("k", 1).await.unwrap().allowed, "answered from the cache");
+        assert!(!limiter.check_and_consume("k", 1).await.unwrap().decision.allowed, "answered from the cache");
         assert!(!limiter.store_is_up(), "a cache hit must not mark a down store as up");
     }
 
     #[tokio::test]
     async fn zero_cost_means_one_and_the_whole_limit_fits() {
         let limiter = limiter(3);
-        assert_eq!(limiter.check_and_consume("k", 0).await.unwrap().remaining, 2);
-        assert!(limiter.check_and_consume("j", 3).await.unwrap().allowed);
+        assert_eq!(limiter.check_and_consume("k", 0).await.unwrap().decision.remaining, 2);
+        assert!(limiter.check_and_consume("j", 3).await.unwrap().decision.allowed);
+    }
+
+    #[tokio::test]
+    async fn a_shadow_policy_allows_and_says_it_would_have_denied() {
+        let mut policy = Policy::default_with(1, Duration::from_secs(60)).unwrap();
+        policy.shadow = true;
+        let base = limiter(1);
+        base.policies.replace(Policies::uniform(policy));
+        assert!(!base.check_and_consume("k", 1).await.unwrap().shadow_denied);
+        let verdict = base.check_and_consume("k", 1).await.unwrap();
+        assert!(verdict.decision.allowed && verdict.shadow_denied);
+        assert_eq!((verdict.decision.remaining, verdict.decision.retry_after_ms), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn peek_counts_nothing() {
+        let limiter = limiter(1);
+        for _ in 0..3 {
+            assert!(limiter.peek("k", 1).await.unwrap().decision.allowed);
+        }
+        assert!(limiter.store().is_empty(), "a peek wrote to the store");
+        assert!(limiter.check_and_consume("k", 1).await.unwrap().decision.allowed);
+        assert!(!limiter.peek("k", 1).await.unwrap().decision.allowed);
     }
 }

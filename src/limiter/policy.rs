@@ -1,4 +1,5 @@
-//! Policies: how many units a key may use per window, and which policy a key gets.
+//! Policies: how many units a key may use per window (one or several windows), and
+//! which policy a key gets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,15 +9,19 @@ use arc_swap::ArcSwap;
 
 use super::Fingerprint;
 
-/// The largest limit a policy may have. A ring holds one 8-byte slot per unit,
+/// The largest limit a window may have. A ring holds one 8-byte slot per unit,
 /// so this bounds one key's storage to 8 MB.
 pub const MAX_LIMIT: u32 = 1_000_000;
 /// The longest window a policy may have (31 days).
 pub const MAX_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
+/// The most windows one policy may combine (e.g. per second, minute, hour and day).
+pub const MAX_WINDOWS: usize = 4;
+/// The name of the policy every key without an override gets.
+pub const DEFAULT_POLICY: &str = "default";
 
-/// `limit` units per sliding `window`, validated on construction.
+/// `limit` units per sliding window of `window_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub struct Window {
     limit: u32,
     window_ms: u64,
 }
@@ -28,9 +33,13 @@ pub enum PolicyError {
     Limit(u32),
     #[error("window must be a whole number of milliseconds between 1ms and 31 days, got {0:?}")]
     Window(Duration),
+    #[error("a policy needs between 1 and {MAX_WINDOWS} windows, got {0}")]
+    WindowCount(usize),
+    #[error("two windows have the same length, {0:?}; merge them into one (the lower limit wins)")]
+    DuplicateWindow(Duration),
 }
 
-impl Policy {
+impl Window {
     pub fn new(limit: u32, window: Duration) -> Result<Self, PolicyError> {
         if limit == 0 || limit > MAX_LIMIT {
             return Err(PolicyError::Limit(limit));
@@ -39,8 +48,7 @@ impl Policy {
         if window < Duration::from_millis(1) || window > MAX_WINDOW || !whole_ms {
             return Err(PolicyError::Window(window));
         }
-        let window_ms = window.as_millis() as u64;
-        Ok(Self { limit, window_ms })
+        Ok(Self { limit, window_ms: window.as_millis() as u64 })
     }
 
     pub fn limit(&self) -> u32 {
@@ -52,23 +60,107 @@ impl Policy {
     }
 }
 
+/// One to [`MAX_WINDOWS`] windows, longest first. A request is allowed only if it
+/// fits every window, and then it counts in all of them. Plain data (`Copy`), so a
+/// store call or a cached denial can carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    windows: [Window; MAX_WINDOWS],
+    len: u8,
+}
+
+impl Limits {
+    pub fn new(windows: &[Window]) -> Result<Self, PolicyError> {
+        if windows.is_empty() || windows.len() > MAX_WINDOWS {
+            return Err(PolicyError::WindowCount(windows.len()));
+        }
+        let mut sorted = [windows[0]; MAX_WINDOWS];
+        sorted[..windows.len()].copy_from_slice(windows);
+        sorted[..windows.len()].sort_by_key(|w| std::cmp::Reverse(w.window_ms));
+        if let Some(pair) = sorted[..windows.len()].windows(2).find(|pair| pair[0].window_ms == pair[1].window_ms) {
+            return Err(PolicyError::DuplicateWindow(Duration::from_millis(pair[0].window_ms)));
+        }
+        Ok(Self { windows: sorted, len: windows.len() as u8 })
+    }
+
+    /// One window of `limit` per `window`.
+    pub fn single(limit: u32, window: Duration) -> Result<Self, PolicyError> {
+        Self::new(&[Window::new(limit, window)?])
+    }
+
+    /// The windows, longest first.
+    pub fn windows(&self) -> &[Window] {
+        &self.windows[..usize::from(self.len)]
+    }
+
+    /// The largest cost that can ever be allowed: the lowest limit.
+    pub fn max_cost(&self) -> u32 {
+        self.windows().iter().map(Window::limit).min().unwrap_or(0)
+    }
+
+    /// The history a key needs: the highest limit.
+    pub fn capacity(&self) -> u32 {
+        self.windows().iter().map(Window::limit).max().unwrap_or(0)
+    }
+
+    /// The longest window: how long a key's history matters.
+    pub fn longest_ms(&self) -> u64 {
+        self.windows[0].window_ms
+    }
+}
+
+/// A named policy: its windows, and whether it only reports (shadow mode: decisions
+/// are computed and counted but every request is allowed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: Arc<str>,
+    pub limits: Limits,
+    pub shadow: bool,
+}
+
+impl Policy {
+    pub fn new(name: &str, limits: Limits) -> Self {
+        Self { name: name.into(), limits, shadow: false }
+    }
+
+    /// The default policy with one window: what `--limit` and `--window` give.
+    pub fn default_with(limit: u32, window: Duration) -> Result<Self, PolicyError> {
+        Ok(Self::new(DEFAULT_POLICY, Limits::single(limit, window)?))
+    }
+}
+
+/// A key's override: its policy, and a readable name (a partner's) for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub policy: Arc<Policy>,
+    pub alias: Option<Arc<str>>,
+}
+
+/// The policy a key gets, as looked up for one request.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub policy: Arc<Policy>,
+    pub alias: Option<Arc<str>>,
+    /// Whether an override applies (rather than the default).
+    pub overridden: bool,
+}
+
 /// The default policy and the per-key overrides, selected by key fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policies {
-    pub default: Policy,
-    pub overrides: HashMap<Fingerprint, Policy>,
+    pub default: Arc<Policy>,
+    pub overrides: HashMap<Fingerprint, Override>,
 }
 
 impl Policies {
     pub fn uniform(default: Policy) -> Self {
-        Self { default, overrides: HashMap::new() }
+        Self { default: Arc::new(default), overrides: HashMap::new() }
     }
 
-    /// The key's policy, and whether it is an override (rather than the default).
-    pub fn lookup(&self, key: &Fingerprint) -> (Policy, bool) {
+    pub fn lookup(&self, key: &Fingerprint) -> Resolved {
         match self.overrides.get(key) {
-            Some(policy) => (*policy, true),
-            None => (self.default, false),
+            Some(o) => Resolved { policy: o.policy.clone(), alias: o.alias.clone(), overridden: true },
+            None => Resolved { policy: self.default.clone(), alias: None, overridden: false },
         }
     }
 }
@@ -83,8 +175,7 @@ impl SharedPolicies {
         Self(Arc::new(ArcSwap::from_pointee(policies)))
     }
 
-    /// The key's policy, and whether it is an override.
-    pub fn lookup(&self, key: &Fingerprint) -> (Policy, bool) {
+    pub fn lookup(&self, key: &Fingerprint) -> Resolved {
         self.0.load().lookup(key)
     }
 
@@ -101,28 +192,45 @@ impl SharedPolicies {
 mod tests {
     use super::*;
 
+    fn window(limit: u32, secs: u64) -> Window {
+        Window::new(limit, Duration::from_secs(secs)).unwrap()
+    }
+
     #[test]
     fn rejects_limits_and_windows_it_cannot_enforce() {
-        assert_eq!(Policy::new(0, Duration::from_secs(1)), Err(PolicyError::Limit(0)));
+        assert_eq!(Window::new(0, Duration::from_secs(1)), Err(PolicyError::Limit(0)));
         let too_big = MAX_LIMIT + 1;
-        assert_eq!(Policy::new(too_big, Duration::from_secs(1)), Err(PolicyError::Limit(too_big)));
+        assert_eq!(Window::new(too_big, Duration::from_secs(1)), Err(PolicyError::Limit(too_big)));
         let zero = Duration::ZERO;
-        assert_eq!(Policy::new(1, zero), Err(PolicyError::Window(zero)));
+        assert_eq!(Window::new(1, zero), Err(PolicyError::Window(zero)));
         let fractional = Duration::from_micros(1500);
-        assert_eq!(Policy::new(1, fractional), Err(PolicyError::Window(fractional)));
+        assert_eq!(Window::new(1, fractional), Err(PolicyError::Window(fractional)));
         let long = MAX_WINDOW + Duration::from_secs(1);
-        assert_eq!(Policy::new(1, long), Err(PolicyError::Window(long)));
+        assert_eq!(Window::new(1, long), Err(PolicyError::Window(long)));
+    }
+
+    #[test]
+    fn several_windows_are_kept_longest_first_and_must_differ() {
+        let limits = Limits::new(&[window(20, 1), window(300, 60)]).unwrap();
+        assert_eq!(limits.windows(), &[window(300, 60), window(20, 1)]);
+        assert_eq!((limits.max_cost(), limits.capacity(), limits.longest_ms()), (20, 300, 60_000));
+        let duplicate = Limits::new(&[window(20, 60), window(300, 60)]);
+        assert_eq!(duplicate, Err(PolicyError::DuplicateWindow(Duration::from_secs(60))));
+        assert_eq!(Limits::new(&[]), Err(PolicyError::WindowCount(0)));
+        assert_eq!(Limits::new(&[window(1, 1); 5]), Err(PolicyError::WindowCount(5)));
     }
 
     #[test]
     fn overrides_win_over_the_default() {
-        let default = Policy::new(300, Duration::from_secs(60)).unwrap();
-        let partner = Policy::new(1000, Duration::from_secs(60)).unwrap();
+        let default = Policy::default_with(300, Duration::from_secs(60)).unwrap();
+        let partner = Arc::new(Policy::new("partner", Limits::single(1000, Duration::from_secs(60)).unwrap()));
         let fp = Fingerprint::from_bytes([7; 16]);
-        let mut policies = Policies::uniform(default);
-        policies.overrides.insert(fp, partner);
+        let mut policies = Policies::uniform(default.clone());
+        policies.overrides.insert(fp, Override { policy: partner.clone(), alias: Some("acme".into()) });
         let shared = SharedPolicies::new(policies);
-        assert_eq!(shared.lookup(&fp), (partner, true));
-        assert_eq!(shared.lookup(&Fingerprint::from_bytes([8; 16])), (default, false));
+        let resolved = shared.lookup(&fp);
+        assert_eq!((resolved.policy, resolved.alias.as_deref(), resolved.overridden), (partner, Some("acme"), true));
+        let other = shared.lookup(&Fingerprint::from_bytes([8; 16]));
+        assert_eq!((*other.policy == default, other.overridden), (true, false));
     }
 }

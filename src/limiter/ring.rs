@@ -2,12 +2,13 @@
 //! algorithm of `lua/sliding_window.lua`, in Rust, for the in-process store.
 //! Keep the two in step; the behaviour suite runs the same checks on both.
 
-use super::{Decision, Policy};
+use super::{Decision, Limits, MAX_WINDOWS, Mode, WindowCheck};
 
 /// Timestamps (Unix ms) of the last `capacity` allowed units, oldest at `head`;
 /// 0 marks a slot never used, older than any window. The capacity is the largest
 /// limit the key has had: a lowered limit never drops history, so no sequence of
-/// limit changes can forget a unit that still counts.
+/// limit changes can forget a unit that still counts. Every window of a policy is
+/// checked against the same history (an allowed unit counts in all of them).
 #[derive(Debug, Clone)]
 pub struct Ring {
     slots: Box<[u64]>,
@@ -15,8 +16,8 @@ pub struct Ring {
 }
 
 impl Ring {
-    pub fn new(limit: u32) -> Self {
-        Self { slots: vec![0; limit as usize].into_boxed_slice(), head: 0 }
+    pub fn new(capacity: u32) -> Self {
+        Self { slots: vec![0; capacity as usize].into_boxed_slice(), head: 0 }
     }
 
     /// The timestamp of the newest allowed unit, 0 if none.
@@ -24,46 +25,41 @@ impl Ring {
         self.at(self.slots.len() - 1)
     }
 
-    /// Decides one request of `cost` (1..=limit) at `now_ms` and records it if allowed.
-    /// The caller's clock may run backwards; the key's time never does.
-    pub fn check_and_consume(&mut self, now_ms: u64, policy: Policy, cost: u32) -> Decision {
-        debug_assert!(cost >= 1 && cost <= policy.limit());
-        let limit = policy.limit() as usize;
-        if self.slots.len() < limit {
-            self.grow(limit);
+    /// Decides one request of `cost` (1..=limits.max_cost()) at `now_ms` and, in
+    /// [`Mode::Consume`], records it if it fits every window. The caller's clock may
+    /// run backwards; the key's time never does.
+    pub fn check(&mut self, now_ms: u64, limits: &Limits, cost: u32, mode: Mode) -> Decision {
+        debug_assert!(cost >= 1 && cost <= limits.max_cost());
+        let capacity = limits.capacity() as usize;
+        if self.slots.len() < capacity {
+            self.grow(capacity);
         }
-        let now = now_ms.max(self.newest());
-        let window = policy.window_ms();
-        let cutoff = now.saturating_sub(window);
-        let cost = cost as usize;
+        let newest = self.newest();
+        let now = now_ms.max(newest);
+        let mut checks = [WindowCheck::default(); MAX_WINDOWS];
+        for (check, window) in checks.iter_mut().zip(limits.windows()) {
+            *check = self.check_window(now, window.limit() as usize, window.window_ms(), cost as usize);
+        }
+        let checks = &checks[..limits.windows().len()];
+        let decision = Decision::assemble(limits, cost, now, newest, checks);
+        if decision.allowed && mode == Mode::Consume {
+            self.push(now, cost as usize);
+        }
+        decision
+    }
+
+    /// One window's room and, if the request does not fit, the wait until it would.
+    fn check_window(&self, now: u64, limit: usize, window_ms: u64, cost: usize) -> WindowCheck {
         let capacity = self.slots.len();
+        let cutoff = now.saturating_sub(window_ms);
         // The request fits iff this slot (and so every older one) is outside the window.
         let decisive = capacity - limit + cost - 1;
         let needed = self.at(decisive);
-        let allowed = needed <= cutoff;
-        let range = if allowed { (decisive + 1, capacity) } else { (0, decisive) };
+        let fits = needed <= cutoff;
+        let range = if fits { (decisive + 1, capacity) } else { (0, decisive) };
         let outside = self.first_in_window(range, cutoff);
-        // Below 0 while a lowered limit still counts older units.
         let spare = outside.saturating_sub(capacity - limit) as u32;
-        if allowed {
-            self.push(now, cost);
-            return Decision {
-                allowed,
-                limit: policy.limit(),
-                remaining: spare - cost as u32,
-                retry_after_ms: 0,
-                reset_after_ms: window,
-                decided_at_ms: now,
-            };
-        }
-        Decision {
-            allowed,
-            limit: policy.limit(),
-            remaining: spare,
-            retry_after_ms: needed + window - now,
-            reset_after_ms: self.newest() + window - now,
-            decided_at_ms: now,
-        }
+        WindowCheck { spare, retry_after_ms: if fits { 0 } else { needed + window_ms - now } }
     }
 
     fn at(&self, logical: usize) -> u64 {
@@ -108,11 +104,18 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::limiter::Window;
 
     const T0: u64 = 1_700_000_000_000;
 
-    fn policy(limit: u32, window_ms: u64) -> Policy {
-        Policy::new(limit, Duration::from_millis(window_ms)).unwrap()
+    fn policy(limit: u32, window_ms: u64) -> Limits {
+        Limits::single(limit, Duration::from_millis(window_ms)).unwrap()
+    }
+
+    impl Ring {
+        fn check_and_consume(&mut self, now_ms: u64, limits: Limits, cost: u32) -> Decision {
+            self.check(now_ms, &limits, cost, Mode::Consume)
+        }
     }
 
     #[test]
@@ -186,5 +189,34 @@ mod tests {
         let denied = ring.check_and_consume(T0 + 300, p5, 1);
         assert!(!denied.allowed);
         assert_eq!(denied.retry_after_ms, 700, "the unit at T0 leaves first");
+    }
+
+    #[test]
+    fn a_request_must_fit_every_window_and_counts_in_all() {
+        let minute = Window::new(5, Duration::from_secs(60)).unwrap();
+        let second = Window::new(2, Duration::from_secs(1)).unwrap();
+        let limits = Limits::new(&[minute, second]).unwrap();
+        let mut ring = Ring::new(5);
+        assert!(ring.check(T0, &limits, 2, Mode::Consume).allowed);
+        let burst = ring.check(T0 + 10, &limits, 1, Mode::Consume);
+        assert!(!burst.allowed, "the per-second window is full");
+        assert_eq!((burst.limit, burst.retry_after_ms), (2, 990));
+        assert!(ring.check(T0 + 1000, &limits, 2, Mode::Consume).allowed);
+        // 4 of 5 per minute used: a cost of 2 fits the second but not the minute.
+        let d = ring.check(T0 + 2000, &limits, 2, Mode::Consume);
+        assert!(!d.allowed);
+        assert_eq!((d.limit, d.remaining, d.retry_after_ms), (5, 1, 58_000));
+        assert!(ring.check(T0 + 2000, &limits, 1, Mode::Consume).allowed, "the denial consumed from neither");
+    }
+
+    #[test]
+    fn peek_answers_as_consume_would_and_writes_nothing() {
+        let p = policy(2, 1000);
+        let mut ring = Ring::new(2);
+        let peeked = ring.check(T0, &p, 2, Mode::Peek);
+        assert_eq!(peeked, ring.check(T0, &p, 2, Mode::Consume));
+        let denied = ring.check(T0 + 1, &p, 1, Mode::Peek);
+        assert_eq!(denied, ring.check(T0 + 1, &p, 1, Mode::Consume));
+        assert!(!denied.allowed);
     }
 }

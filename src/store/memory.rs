@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Store, StoreError};
-use crate::limiter::{Decision, Fingerprint, Policy, Ring};
+use crate::limiter::{Decision, Fingerprint, Limits, Mode, Ring};
 use crate::lock;
 
 /// Shards keep one hot key from serialising every other key behind its lock.
@@ -69,10 +69,18 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
-    async fn check_and_consume(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
+    async fn check(&self, key: &Fingerprint, limits: &Limits, cost: u32, mode: Mode) -> Result<Decision, StoreError> {
         let now = now_ms();
         let mut map = lock(self.shard(key));
-        let fresh = || Entry { ring: Ring::new(policy.limit()), expires_at: 0 };
+        if mode == Mode::Peek {
+            // A peek writes nothing: it decides on a copy (or an empty ring).
+            let mut ring = match map.get(key) {
+                Some(entry) if entry.expires_at > now => entry.ring.clone(),
+                _ => Ring::new(limits.capacity()),
+            };
+            return Ok(ring.check(now, limits, cost, mode));
+        }
+        let fresh = || Entry { ring: Ring::new(limits.capacity()), expires_at: 0 };
         // Expired history counts for nothing, as a Redis key past its TTL.
         let entry = map
             .entry(*key)
@@ -82,9 +90,9 @@ impl Store for MemoryStore {
                 }
             })
             .or_insert_with(fresh);
-        let decision = entry.ring.check_and_consume(now, policy, cost);
-        // As the script's PEXPIREAT ... GT: the newest unit plus the longest window seen.
-        entry.expires_at = entry.expires_at.max(entry.ring.newest() + policy.window_ms());
+        let decision = entry.ring.check(now, limits, cost, mode);
+        // As the script's expiry: the newest unit plus the longest window seen.
+        entry.expires_at = entry.expires_at.max(entry.ring.newest() + limits.longest_ms());
         Ok(decision)
     }
 }
@@ -102,12 +110,13 @@ mod tests {
     #[tokio::test]
     async fn idle_keys_are_evicted_and_live_ones_kept() {
         let store = MemoryStore::new();
-        let short = Policy::new(5, Duration::from_millis(50)).unwrap();
-        let long = Policy::new(5, Duration::from_secs(60)).unwrap();
+        let short = Limits::single(5, Duration::from_millis(50)).unwrap();
+        let long = Limits::single(5, Duration::from_secs(60)).unwrap();
         for i in 0..100u8 {
-            store.check_and_consume(&Fingerprint::from_bytes([i; 16]), short, 1).await.unwrap();
+            store.check(&Fingerprint::from_bytes([i; 16]), &short, 1, Mode::Consume).await.unwrap();
         }
-        store.check_and_consume(&Fingerprint::from_bytes([200; 16]), long, 1).await.unwrap();
+        store.check(&Fingerprint::from_bytes([200; 16]), &long, 1, Mode::Consume).await.unwrap();
+        store.check(&Fingerprint::from_bytes([201; 16]), &long, 1, Mode::Peek).await.unwrap();
         assert_eq!(store.len(), 101);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(store.evict_idle(), 100);

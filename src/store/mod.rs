@@ -8,7 +8,7 @@ pub mod redis;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::limiter::{Decision, Fingerprint, Policy};
+use crate::limiter::{Decision, Fingerprint, Limits, Mode};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -16,12 +16,15 @@ pub use self::redis::RedisStore;
 /// Decides and records one request atomically: concurrent calls for one key, from
 /// any number of replicas sharing the store, behave as if made one at a time.
 pub trait Store: Send + Sync + 'static {
-    /// `cost` is already validated: 1 <= cost <= policy.limit().
-    fn check_and_consume(
+    /// Decides a request of `cost` against every window of `limits` and, in
+    /// [`Mode::Consume`], counts it if it fits them all. `cost` is already validated:
+    /// 1 <= cost <= limits.max_cost().
+    fn check(
         &self,
         key: &Fingerprint,
-        policy: Policy,
+        limits: &Limits,
         cost: u32,
+        mode: Mode,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
 }
 

@@ -12,7 +12,7 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use tokio::sync::RwLock;
 
 use super::{Store, StoreError};
-use crate::limiter::{Decision, Fingerprint, Policy};
+use crate::limiter::{Decision, Fingerprint, Limits, MAX_WINDOWS, Mode, WindowCheck};
 use crate::metrics;
 
 const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
@@ -151,10 +151,13 @@ impl RedisStore {
         }
     }
 
-    async fn eval(&self, lane: usize, key: &[u8], policy: Policy, cost: u32) -> Result<Reply, StoreError> {
+    async fn eval(&self, lane: usize, key: &[u8], limits: &Limits, cost: u32, mode: Mode) -> Result<Reply, StoreError> {
         let mut conn = self.connection(lane).await?;
         let mut invocation = self.script.key(key);
-        invocation.arg(policy.limit()).arg(policy.window_ms()).arg(cost);
+        invocation.arg(cost).arg(mode_arg(mode)).arg("");
+        for window in limits.windows() {
+            invocation.arg(window.limit()).arg(window.window_ms());
+        }
         match invocation.invoke_async(&mut conn).await {
             Ok(reply) => Ok(reply),
             Err(e) => Err(self.failed(e)),
@@ -189,25 +192,49 @@ impl RedisStore {
     }
 }
 
-/// The script's reply: allowed, remaining, retry_after_ms, reset_after_ms, decided_at_ms.
-type Reply = (u8, u32, u64, u64, u64);
+/// The script's reply: allowed, decided_at_ms, newest_ms, then spare and retry_after_ms
+/// for each window (see the header of `lua/sliding_window.lua`).
+type Reply = Vec<u64>;
+
+/// The script's `mode` argument.
+pub fn mode_arg(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Consume => "consume",
+        Mode::Peek => "peek",
+    }
+}
+
+/// Turns the script's reply into a decision, as the in-process store does.
+pub fn decode(limits: &Limits, cost: u32, reply: &[u64]) -> Result<Decision, StoreError> {
+    let windows = limits.windows().len();
+    if reply.len() != 3 + 2 * windows {
+        return Err(StoreError::Failed(format!(
+            "the script replied {} values, expected {}",
+            reply.len(),
+            3 + 2 * windows
+        )));
+    }
+    let mut checks = [WindowCheck::default(); MAX_WINDOWS];
+    for (check, pair) in checks.iter_mut().zip(reply[3..].chunks_exact(2)) {
+        let spare =
+            u32::try_from(pair[0]).map_err(|_| StoreError::Failed(format!("spare {} out of range", pair[0])))?;
+        *check = WindowCheck { spare, retry_after_ms: pair[1] };
+    }
+    let decision = Decision::assemble(limits, cost, reply[1], reply[2], &checks[..windows]);
+    if decision.allowed != (reply[0] == 1) {
+        return Err(StoreError::Failed("the script's verdict disagrees with its windows".into()));
+    }
+    Ok(decision)
+}
 
 impl Store for RedisStore {
-    async fn check_and_consume(&self, key: &Fingerprint, policy: Policy, cost: u32) -> Result<Decision, StoreError> {
+    async fn check(&self, key: &Fingerprint, limits: &Limits, cost: u32, mode: Mode) -> Result<Decision, StoreError> {
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let key = self.key_name(key);
         let started = std::time::Instant::now();
-        let reply = self.bounded(lane, self.eval(lane, &key, policy, cost)).await;
+        let reply = self.bounded(lane, self.eval(lane, &key, limits, cost, mode)).await;
         metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
-        let (allowed, remaining, retry_after_ms, reset_after_ms, decided_at_ms) = reply?;
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: policy.limit(),
-            remaining,
-            retry_after_ms,
-            reset_after_ms,
-            decided_at_ms,
-        })
+        decode(limits, cost, &reply?)
     }
 }
 

@@ -61,7 +61,7 @@ impl System for Ours {
     }
     fn check<'a>(&'a self, key_id: &'a str) -> Check<'a> {
         Box::pin(async move {
-            let d = self.0.check_and_consume(key_id, 1).await.map_err(|e| e.to_string())?;
+            let d = self.0.check_and_consume(key_id, 1).await.map_err(|e| e.to_string())?.decision;
             Ok((d.allowed, Some(d.decided_at_ms)))
         })
     }
@@ -99,7 +99,7 @@ async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str) -> Arc<dy
     };
     let store = RedisStore::new(options).expect("valid Redis URL");
     store.ping().await.expect("Redis answers");
-    let policies = SharedPolicies::new(Policies::uniform(Policy::new(limit, window).expect("valid policy")));
+    let policies = SharedPolicies::new(Policies::uniform(Policy::default_with(limit, window).expect("valid policy")));
     let throttled = Arc::new(Throttled::new(ThrottleOptions {
         top_k: 20,
         interval: Duration::from_secs(60),
