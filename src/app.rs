@@ -11,10 +11,12 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, StoreConfig};
+use crate::grpc::envoy::RateLimitServiceServer;
 use crate::grpc::pb::rate_limiter_server::RateLimiterServer;
-use crate::grpc::{Health, RateLimiterService};
+use crate::grpc::{EnvoyRateLimitService, Health, RateLimiterService};
 use crate::limiter::Limiter;
 use crate::metrics::{self, Exposition, MetricsError, Throttled};
+use crate::reload;
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 
 /// Requests are a key of at most 256 bytes and a cost: anything near this is abuse.
@@ -66,13 +68,24 @@ pub async fn run(
         let _ = stop.send(true);
     });
     let endpoint = listeners.metrics.map(|listener| {
-        let exposition = Exposition { handle: handle.clone(), throttled: throttled.clone() };
+        let exposition =
+            Exposition { handle: handle.clone(), throttled: throttled.clone(), policies: config.policies.clone() };
         tokio::spawn(metrics::serve(listener, exposition, stopped(stopping.clone())))
     });
     let reporter = tokio::spawn(report(throttled.clone(), handle));
+    let reloader = config.limits_file.clone().map(|file| {
+        let (hangup, hangups) = tokio::sync::mpsc::channel(1);
+        let forward = tokio::spawn(reload::forward_hangups(hangup));
+        let watch = tokio::spawn(reload::watch(file, config.policies.clone(), hangups, stopped(stopping.clone())));
+        (forward, watch)
+    });
     let served = serve_on_store(listeners.grpc, &config, throttled, stopped(stopping)).await;
     reporter.abort();
     forward.abort();
+    if let Some((hangups, watch)) = reloader {
+        hangups.abort();
+        watch.abort();
+    }
     if let Some(endpoint) = endpoint {
         endpoint.abort();
         if let Ok(Err(e)) = endpoint.await {
@@ -130,6 +143,8 @@ async fn serve<S: Store>(
     let up = limiter.store_is_up();
     health.set(up).await;
     let follower = tokio::spawn(follow_store(Arc::downgrade(&limiter), health.clone(), up));
+    let envoy = RateLimitServiceServer::new(EnvoyRateLimitService::new(limiter.clone(), &config.envoy_api_key_entry))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let service = RateLimiterServer::new(RateLimiterService::new(limiter)).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let draining = Arc::new(Notify::new());
     let signal = {
@@ -149,10 +164,14 @@ async fn serve<S: Store>(
     let server = Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(service)
+        .add_service(envoy)
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, signal);
-    tracing::info!(%addr, "serving ratelimit.v1.RateLimiter, grpc.health.v1.Health and reflection");
+    tracing::info!(
+        %addr,
+        "serving ratelimit.v1.RateLimiter, envoy.service.ratelimit.v3.RateLimitService, grpc.health.v1.Health and reflection"
+    );
     let grace = config.shutdown_grace;
     tokio::select! {
         served = server => served?,

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, check, try_check};
+use common::{Backend, check, peek, try_check};
+use ratelimitd::grpc::pb::CheckAndConsumeResponse;
+use ratelimitd::limiter::{Limits, Policy, Window};
 use tonic::Code;
 
 /// Runs each scenario once on the in-process store and once on a Redis of its own.
@@ -36,6 +38,9 @@ on_both_stores!(
     a_longer_window_keeps_the_history_alive,
     keys_are_isolated,
     idle_keys_expire,
+    a_request_must_fit_every_window,
+    peek_answers_without_counting,
+    a_shadow_policy_reports_but_never_denies,
 );
 
 async fn allows_exactly_the_limit_then_denies(backend: Backend) {
@@ -189,4 +194,86 @@ async fn idle_keys_expire(backend: Backend) {
     let fresh = check(&mut client, "k", 1).await;
     assert!(fresh.allowed);
     assert_eq!(fresh.remaining, 1, "the whole limit is free after an idle window");
+}
+
+fn header<'a>(response: &'a CheckAndConsumeResponse, name: &str) -> Option<&'a str> {
+    response.headers.iter().find(|h| h.name == name).map(|h| h.value.as_str())
+}
+
+/// 5 per minute and 2 per second, in one atomic check: a request is allowed only if it
+/// fits both, and one that fits only one of them consumes from neither.
+async fn a_request_must_fit_every_window(backend: Backend) {
+    let server = backend.server(300, "60s").await;
+    let minute = Window::new(5, Duration::from_secs(60)).unwrap();
+    let second = Window::new(2, Duration::from_secs(1)).unwrap();
+    server.set_policy("k", Policy::new("burst", Limits::new(&[minute, second]).unwrap()));
+    let mut client = server.client().await;
+    let first = check(&mut client, "k", 2).await;
+    assert!(first.allowed);
+    assert_eq!((first.limit, first.remaining, first.policy.as_str()), (2, 0, "burst"), "the second binds");
+    assert_eq!(header(&first, "RateLimit-Policy"), Some("\"burst-1m\";q=5;w=60, \"burst-1s\";q=2;w=1"));
+    assert_eq!(header(&first, "RateLimit"), Some("\"burst-1s\";r=0;t=1"));
+    let burst = check(&mut client, "k", 1).await;
+    assert!(!burst.allowed && burst.retry_after_ms <= 1_000, "{burst:?}");
+    assert_eq!(header(&burst, "Retry-After"), Some("1"));
+    tokio::time::sleep(Duration::from_millis(burst.retry_after_ms)).await;
+    assert!(check(&mut client, "k", 2).await.allowed, "a new second: 4 of 5 per minute used");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Fits the second (2 free) but not the minute (1 free): denied, and counted nowhere.
+    let over_minute = check(&mut client, "k", 2).await;
+    assert!(!over_minute.allowed);
+    assert_eq!((over_minute.limit, over_minute.remaining), (5, 1), "the minute binds");
+    assert!(over_minute.retry_after_ms > 55_000, "{over_minute:?}");
+    assert!(check(&mut client, "k", 1).await.allowed, "the denied request consumed from neither window");
+    assert!(!check(&mut client, "k", 1).await.allowed, "5 of 5 per minute");
+}
+
+async fn peek_answers_without_counting(backend: Backend) {
+    let server = backend.server(3, "60s").await;
+    let mut client = server.client().await;
+    for _ in 0..5 {
+        let peeked = peek(&mut client, "k", 1).await;
+        assert!(peeked.allowed);
+        assert_eq!((peeked.limit, peeked.remaining), (3, 2), "what CheckAndConsume would leave");
+    }
+    if let Some(redis) = &backend.redis {
+        let size: u64 = redis::cmd("DBSIZE").query_async(&mut redis.conn().await).await.unwrap();
+        assert_eq!(size, 0, "a peek wrote to Redis");
+    }
+    assert!(check(&mut client, "k", 3).await.allowed, "peeks counted nothing");
+    let peeked = peek(&mut client, "k", 1).await;
+    let denied = check(&mut client, "k", 1).await;
+    assert!(!peeked.allowed && !denied.allowed);
+    assert_eq!((peeked.remaining, peeked.limit), (denied.remaining, denied.limit));
+    assert_eq!(peeked.decided_at_ms + peeked.retry_after_ms, denied.decided_at_ms + denied.retry_after_ms);
+    assert_eq!(header(&peeked, "Retry-After"), header(&denied, "Retry-After"));
+    let bad = try_peek_status(&mut client, "k", 4).await;
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("cost:"), "{}", bad.message());
+}
+
+async fn try_peek_status(client: &mut common::Client, key_id: &str, cost: u32) -> tonic::Status {
+    let request = ratelimitd::grpc::pb::PeekRequest { key_id: key_id.to_owned(), cost };
+    client.peek(request).await.expect_err("must be rejected")
+}
+
+/// A shadow policy computes, counts and reports its decisions but allows every
+/// request; switched to enforcing, it starts from the history it counted.
+async fn a_shadow_policy_reports_but_never_denies(backend: Backend) {
+    let server = backend.server(300, "60s").await;
+    let trial = Policy { shadow: true, ..Policy::new("trial", Limits::single(2, Duration::from_secs(60)).unwrap()) };
+    server.set_policy("k", trial.clone());
+    let mut client = server.client().await;
+    let mut shadow_denied = 0;
+    for _ in 0..5 {
+        let d = check(&mut client, "k", 1).await;
+        assert!(d.allowed, "a shadow policy never denies: {d:?}");
+        assert_eq!(d.retry_after_ms, 0);
+        assert!(d.headers.is_empty(), "clients are not told about a policy on trial: {:?}", d.headers);
+        shadow_denied += usize::from(d.shadow_denied);
+    }
+    assert_eq!(shadow_denied, 3, "the 3rd to 5th would have been denied");
+    server.set_policy("k", Policy { shadow: false, ..trial });
+    let enforced = check(&mut client, "k", 1).await;
+    assert!(!enforced.allowed && !enforced.shadow_denied, "2 units were counted, not 5: {enforced:?}");
 }

@@ -1,9 +1,12 @@
 //! The gRPC face: the generated code, the `RateLimiter` service, and the one place
 //! where domain decisions and errors become protobuf messages and statuses.
 
+pub mod envoy;
+pub mod headers;
 mod health;
 mod service;
 
+pub use envoy::EnvoyRateLimitService;
 pub use health::{Health, reflection};
 pub use service::RateLimiterService;
 
@@ -17,10 +20,15 @@ pub mod pb {
 
 use tonic::Status;
 
-use crate::limiter::{CheckError, Decision};
+use crate::limiter::{CheckError, Verdict};
 
-impl From<Decision> for pb::CheckAndConsumeResponse {
-    fn from(d: Decision) -> Self {
+impl From<Verdict> for pb::CheckAndConsumeResponse {
+    fn from(verdict: Verdict) -> Self {
+        let headers = headers::for_verdict(&verdict)
+            .into_iter()
+            .map(|(name, value)| pb::Header { name: name.to_owned(), value })
+            .collect();
+        let d = verdict.decision;
         Self {
             allowed: d.allowed,
             limit: d.limit,
@@ -28,6 +36,9 @@ impl From<Decision> for pb::CheckAndConsumeResponse {
             retry_after_ms: d.retry_after_ms,
             reset_after_ms: d.reset_after_ms,
             decided_at_ms: d.decided_at_ms,
+            headers,
+            policy: verdict.policy.name.to_string(),
+            shadow_denied: verdict.shadow_denied,
         }
     }
 }

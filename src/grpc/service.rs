@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::pb::rate_limiter_server::RateLimiter;
-use super::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse};
+use super::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse, PeekRequest};
 use super::to_status;
 use crate::limiter::Limiter;
 use crate::store::Store;
@@ -31,10 +31,25 @@ impl<S: Store> RateLimiter for RateLimiterService<S> {
     ) -> Result<Response<CheckAndConsumeResponse>, Status> {
         let request = request.into_inner();
         match self.limiter.check_and_consume(&request.key_id, request.cost).await {
-            Ok(decision) => {
-                tracing::debug!(allowed = decision.allowed, remaining = decision.remaining, "decided");
-                Ok(Response::new(decision.into()))
+            Ok(verdict) => {
+                let d = &verdict.decision;
+                tracing::debug!(
+                    allowed = d.allowed,
+                    remaining = d.remaining,
+                    shadow_denied = verdict.shadow_denied,
+                    "decided"
+                );
+                Ok(Response::new(verdict.into()))
             }
+            Err(error) => Err(to_status(error)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key = tracing::field::Empty, cost = request.get_ref().cost))]
+    async fn peek(&self, request: Request<PeekRequest>) -> Result<Response<CheckAndConsumeResponse>, Status> {
+        let request = request.into_inner();
+        match self.limiter.peek(&request.key_id, request.cost).await {
+            Ok(verdict) => Ok(Response::new(verdict.into())),
             Err(error) => Err(to_status(error)),
         }
     }

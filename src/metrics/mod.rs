@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 
 pub use throttled::{ThrottleOptions, Throttled};
 
+use crate::limiter::SharedPolicies;
+
 pub const DECISIONS: &str = "ratelimitd_decisions_total";
 pub const REQUESTED_UNITS: &str = "ratelimitd_requested_units_total";
 pub const INVALID_REQUESTS: &str = "ratelimitd_invalid_requests_total";
@@ -30,6 +32,7 @@ pub const STORE_UP: &str = "ratelimitd_store_up";
 pub const DENY_CACHE_HITS: &str = "ratelimitd_deny_cache_hits_total";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
 pub const CONFIG_LAST_SUCCESS: &str = "ratelimitd_config_last_load_success_timestamp_seconds";
+pub const CONFIG_VALID: &str = "ratelimitd_config_valid";
 pub const THROTTLED_KEY_DENIALS: &str = "ratelimitd_throttled_key_denials";
 pub const THROTTLED_KEYS: &str = "ratelimitd_throttled_keys";
 pub const KEYS_NEAR_LIMIT: &str = "ratelimitd_keys_near_limit";
@@ -47,6 +50,7 @@ pub const ALL: &[&str] = &[
     DENY_CACHE_HITS,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
+    CONFIG_VALID,
     THROTTLED_KEY_DENIALS,
     THROTTLED_KEYS,
     KEYS_NEAR_LIMIT,
@@ -87,8 +91,11 @@ pub fn recorder() -> Result<PrometheusHandle, MetricsError> {
 }
 
 fn describe() {
-    describe_counter!(DECISIONS, "Decisions by result (allowed, denied, error) and policy (default, override).");
-    describe_counter!(REQUESTED_UNITS, "Units of cost requested, by result (allowed, denied, error).");
+    describe_counter!(
+        DECISIONS,
+        "Decisions by result (allowed, denied, shadow_denied, error) and policy (default, override)."
+    );
+    describe_counter!(REQUESTED_UNITS, "Units of cost requested, by result (allowed, denied, shadow_denied, error).");
     describe_counter!(INVALID_REQUESTS, "Requests rejected with INVALID_ARGUMENT, by the field that was wrong.");
     describe_histogram!(
         CHECK_DURATION,
@@ -106,6 +113,10 @@ fn describe() {
     describe_counter!(DENY_CACHE_HITS, "Denials answered from the local deny cache, without a store call.");
     describe_counter!(CONFIG_LOADS, "Configuration loads by result (success, failure).");
     describe_gauge!(CONFIG_LAST_SUCCESS, "Unix time of the last successful configuration load.");
+    describe_gauge!(
+        CONFIG_VALID,
+        "1 if the last load of the limits file succeeded; 0 if the file was rejected (the last good policies stay in force)."
+    );
 }
 
 /// What `/metrics` shows: the facade's metrics and the throttled-keys report.
@@ -113,12 +124,15 @@ fn describe() {
 pub struct Exposition {
     pub handle: PrometheusHandle,
     pub throttled: Arc<Throttled>,
+    /// For the aliases of throttled keys.
+    pub policies: SharedPolicies,
 }
 
 impl Exposition {
     pub fn render(&self) -> String {
         let mut text = self.handle.render();
-        self.throttled.render(&mut text);
+        let policies = self.policies.current();
+        self.throttled.render(&mut text, |key| policies.overrides.get(key).and_then(|o| o.alias.clone()));
         text
     }
 }
@@ -140,6 +154,7 @@ pub async fn serve(
 /// Counts a configuration load; the first is the one at start-up.
 pub fn config_loaded(ok: bool) {
     counter!(CONFIG_LOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+    gauge!(CONFIG_VALID).set(if ok { 1.0 } else { 0.0 });
     if ok {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         gauge!(CONFIG_LAST_SUCCESS).set(now);
@@ -158,14 +173,24 @@ pub fn store_up(up: bool) {
     gauge!(STORE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
-const RESULTS: [&str; 3] = ["allowed", "denied", "error"];
+const RESULTS: [&str; 4] = ["allowed", "denied", "shadow_denied", "error"];
+
+/// How a check ended, as the `result` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    Allowed = 0,
+    Denied = 1,
+    /// A shadow policy would have denied it; it was allowed.
+    ShadowDenied = 2,
+    Error = 3,
+}
 
 /// Handles of the metrics every check touches, registered once: looking a metric up
 /// by name and labels on each call costs a hash and a map probe per metric.
 struct Hot {
     /// By result, then policy (default, override).
-    decisions: [[Counter; 2]; 3],
-    units: [Counter; 3],
+    decisions: [[Counter; 2]; 4],
+    units: [Counter; 4],
     check_duration: Histogram,
     in_flight: Gauge,
     redis_ok: Histogram,
@@ -191,12 +216,8 @@ fn hot() -> &'static Hot {
 }
 
 /// One decided (or failed) check; `overridden` says which policy applied.
-pub fn check_done(overridden: bool, cost: u32, outcome: Result<bool, ()>, elapsed: Duration) {
-    let result = match outcome {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(()) => 2,
-    };
+pub fn check_done(overridden: bool, cost: u32, result: CheckResult, elapsed: Duration) {
+    let result = result as usize;
     let hot = hot();
     hot.decisions[result][usize::from(overridden)].increment(1);
     hot.units[result].increment(u64::from(cost));

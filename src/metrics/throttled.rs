@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::sketch::{HyperLogLog, SpaceSaving};
@@ -64,7 +64,8 @@ impl Throttled {
     }
 
     /// Notes one decision. Allowed decisions below the near-limit fraction take no lock.
-    pub fn record(&self, key: &Fingerprint, decision: &Decision) {
+    /// `alias` is the key's readable name from the limits file, for the log line.
+    pub fn record(&self, key: &Fingerprint, alias: Option<&str>, decision: &Decision) {
         let used = f64::from(decision.limit - decision.remaining) / f64::from(decision.limit);
         if decision.allowed && used < self.options.near_limit_fraction {
             return;
@@ -87,7 +88,8 @@ impl Throttled {
             }
         };
         if first_denial {
-            tracing::info!(key = %key, limit = decision.limit, retry_after_ms = decision.retry_after_ms, "key throttled");
+            let (limit, retry_after_ms) = (decision.limit, decision.retry_after_ms);
+            tracing::info!(key = %key, alias = alias.unwrap_or(""), limit, retry_after_ms, "key throttled");
         }
     }
 
@@ -104,8 +106,9 @@ impl Throttled {
         }
     }
 
-    /// Appends the three metrics in Prometheus text format.
-    pub fn render(&self, out: &mut String) {
+    /// Appends the three metrics in Prometheus text format; `alias` names keys that
+    /// have a readable name in the limits file (an `alias` label).
+    pub fn render(&self, out: &mut String, alias: impl Fn(&Fingerprint) -> Option<Arc<str>>) {
         let (denials, throttled, near_limit) = {
             let intervals = crate::lock(&self.intervals);
             let (previous, current) = &*intervals;
@@ -118,7 +121,12 @@ impl Throttled {
         let _ = writeln!(out, "# HELP {} {}", super::THROTTLED_KEY_DENIALS, super::THROTTLED_KEY_DENIALS_HELP);
         let _ = writeln!(out, "# TYPE {} gauge", super::THROTTLED_KEY_DENIALS);
         for (key, count) in denials {
-            let _ = writeln!(out, "{}{{key=\"{key}\"}} {count}", super::THROTTLED_KEY_DENIALS);
+            let name = super::THROTTLED_KEY_DENIALS;
+            // Aliases are checked when the limits file loads: no character needs escaping.
+            let _ = match alias(&key) {
+                Some(alias) => writeln!(out, "{name}{{key=\"{key}\",alias=\"{alias}\"}} {count}"),
+                None => writeln!(out, "{name}{{key=\"{key}\"}} {count}"),
+            };
         }
         for (name, help, value) in [
             (super::THROTTLED_KEYS, super::THROTTLED_KEYS_HELP, throttled),

@@ -13,8 +13,8 @@ use ratelimitd::app::{self, AppError};
 use ratelimitd::cli::Cli;
 use ratelimitd::config::Config;
 use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
-use ratelimitd::grpc::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse};
-use ratelimitd::limiter::{Fingerprint, Policy, SharedPolicies};
+use ratelimitd::grpc::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse, PeekRequest};
+use ratelimitd::limiter::{Fingerprint, Limits, Override, Policy, SharedPolicies};
 use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
@@ -111,12 +111,19 @@ impl Backend {
 
     /// The configuration `ratelimitd` would build from these flags on this backend.
     pub fn config(&self, limit: u32, window: &str) -> Config {
+        self.config_with(limit, window, &[])
+    }
+
+    /// The same with more flags.
+    pub fn config_with(&self, limit: u32, window: &str, extra: &[&str]) -> Config {
         let limit = limit.to_string();
         let mut args = vec!["ratelimitd", "--limit", &limit, "--window", window, "--shutdown-grace", "5s"];
+        args.extend(["--fingerprint-secret", "test-secret"]);
         let url = self.redis.as_ref().map(Redis::url);
         if let Some(url) = &url {
-            args.extend(["--redis-url", url, "--fingerprint-secret", "test-secret", "--redis-timeout", "2s"]);
+            args.extend(["--redis-url", url, "--redis-timeout", "2s"]);
         }
+        args.extend(extra);
         Config::from_cli(Cli::try_parse_from(args).expect("test flags parse")).expect("valid test config")
     }
 
@@ -167,8 +174,13 @@ impl TestServer {
 
     /// Gives `key_id` its own policy from its next call on.
     pub fn set_override(&self, key_id: &str, limit: u32, window: Duration) {
+        self.set_policy(key_id, Policy::new("override", Limits::single(limit, window).expect("valid limits")));
+    }
+
+    pub fn set_policy(&self, key_id: &str, policy: Policy) {
         let mut policies = (*self.policies().current()).clone();
-        policies.overrides.insert(self.fingerprint(key_id), Policy::new(limit, window).expect("valid policy"));
+        let entry = Override { policy: policy.into(), alias: None };
+        policies.overrides.insert(self.fingerprint(key_id), entry);
         self.policies().replace(policies);
     }
 
@@ -194,6 +206,11 @@ pub async fn check(client: &mut Client, key_id: &str, cost: u32) -> CheckAndCons
 pub async fn try_check(client: &mut Client, key_id: &str, cost: u32) -> Result<CheckAndConsumeResponse, tonic::Status> {
     let request = CheckAndConsumeRequest { key_id: key_id.to_owned(), cost };
     client.check_and_consume(request).await.map(tonic::Response::into_inner)
+}
+
+pub async fn peek(client: &mut Client, key_id: &str, cost: u32) -> CheckAndConsumeResponse {
+    let request = PeekRequest { key_id: key_id.to_owned(), cost };
+    client.peek(request).await.map(tonic::Response::into_inner).unwrap_or_else(|s| panic!("Peek failed: {s:?}"))
 }
 
 pub fn free_port() -> u16 {

@@ -59,6 +59,13 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends a signal (e.g. "HUP") without waiting.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let kill = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status();
+        assert!(kill.is_ok_and(|s| s.success()), "kill -{name} failed");
+    }
+
     /// Sends SIGTERM and waits; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;

@@ -1,0 +1,181 @@
+//! Envoy's `ShouldRateLimit`, called through a client generated from Envoy's own protos
+//! (envoy-types), as a gateway would: statuses, several descriptors, hits_addend,
+//! headers, bad input, and one exact limit shared with our own API across replicas.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Backend, TestServer, check, peek};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use tonic::transport::Channel;
+
+type Envoy = RateLimitServiceClient<Channel>;
+
+async fn envoy(server: &TestServer) -> Envoy {
+    server.client().await; // waits until the server accepts connections
+    RateLimitServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect")
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    let entries = entries.iter().map(|(key, value)| Entry { key: (*key).into(), value: (*value).into() }).collect();
+    RateLimitDescriptor { entries, ..Default::default() }
+}
+
+fn request(descriptors: Vec<RateLimitDescriptor>, hits_addend: u32) -> RateLimitRequest {
+    RateLimitRequest { domain: "partner-api".into(), descriptors, hits_addend }
+}
+
+async fn ask(client: &mut Envoy, api_key: &str) -> RateLimitResponse {
+    let request = request(vec![descriptor(&[("api_key", api_key)])], 0);
+    client.should_rate_limit(request).await.expect("ShouldRateLimit").into_inner()
+}
+
+fn header<'a>(response: &'a RateLimitResponse, name: &str) -> Option<&'a str> {
+    response.response_headers_to_add.iter().find(|h| h.key == name).map(|h| h.value.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ok_then_over_limit_with_limits_and_headers() {
+    let server = Backend::memory().server(3, "60s").await;
+    let mut client = envoy(&server).await;
+    for remaining in [2, 1, 0] {
+        let response = ask(&mut client, "sk_live_1").await;
+        assert_eq!(response.overall_code, Code::Ok as i32);
+        let status = &response.statuses[0];
+        assert_eq!((status.code, status.limit_remaining), (Code::Ok as i32, remaining));
+        let limit = status.current_limit.as_ref().expect("a current limit");
+        assert_eq!((limit.requests_per_unit, limit.unit, limit.name.as_str()), (3, Unit::Minute as i32, "default"));
+        assert_eq!(status.duration_until_reset.as_ref().map(|d| d.seconds), Some(60));
+        assert_eq!(header(&response, "RateLimit-Policy"), Some("\"default\";q=3;w=60"));
+        assert_eq!(header(&response, "RateLimit"), Some(format!("\"default\";r={remaining};t=60").as_str()));
+        assert_eq!(header(&response, "Retry-After"), None);
+    }
+    let denied = ask(&mut client, "sk_live_1").await;
+    assert_eq!(denied.overall_code, Code::OverLimit as i32);
+    assert_eq!(denied.statuses[0].code, Code::OverLimit as i32);
+    let retry: u64 = header(&denied, "Retry-After").expect("Retry-After on a denial").parse().unwrap();
+    assert!((59..=60).contains(&retry), "whole seconds, rounded up: {retry}");
+    // Our own API answers the same, with the same headers.
+    let ours = check(&mut server.client().await, "sk_live_1", 1).await;
+    assert!(!ours.allowed);
+    let ours_retry = ours.headers.iter().find(|h| h.name == "Retry-After").map(|h| h.value.clone());
+    assert_eq!(ours_retry, Some(retry.to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_descriptors_each_get_a_status() {
+    let server = Backend::memory().server(2, "60s").await;
+    let mut client = envoy(&server).await;
+    for _ in 0..2 {
+        ask(&mut client, "exhausted").await;
+    }
+    let descriptors = vec![
+        descriptor(&[("api_key", "fresh"), ("path", "/v1/claims")]),
+        descriptor(&[("api_key", "exhausted")]),
+        descriptor(&[("remote_address", "10.0.0.1")]), // no API key: not limited
+    ];
+    let response = client.should_rate_limit(request(descriptors, 0)).await.expect("ShouldRateLimit").into_inner();
+    assert_eq!(response.overall_code, Code::OverLimit as i32, "OVER_LIMIT if any descriptor is");
+    let codes: Vec<i32> = response.statuses.iter().map(|s| s.code).collect();
+    assert_eq!(codes, [Code::Ok as i32, Code::OverLimit as i32, Code::Ok as i32]);
+    assert_eq!(response.statuses[0].limit_remaining, 1);
+    assert!(response.statuses[2].current_limit.is_none());
+    assert!(header(&response, "Retry-After").is_some(), "the headers of the denied descriptor");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hits_addend_is_the_cost() {
+    let server = Backend::memory().server(10, "60s").await;
+    let mut client = envoy(&server).await;
+    let response = client.should_rate_limit(request(vec![descriptor(&[("api_key", "k")])], 3)).await.unwrap();
+    assert_eq!(response.into_inner().statuses[0].limit_remaining, 7, "request-level hits_addend 3");
+    let mut own = descriptor(&[("api_key", "k")]);
+    own.hits_addend = Some(UInt64Value { value: 5 });
+    let response = client.should_rate_limit(request(vec![own], 3)).await.unwrap();
+    assert_eq!(response.into_inner().statuses[0].limit_remaining, 2, "the descriptor's own hits_addend wins");
+    let response = client.should_rate_limit(request(vec![descriptor(&[("api_key", "k")])], 0)).await.unwrap();
+    assert_eq!(response.into_inner().statuses[0].limit_remaining, 1, "0 means 1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_names_the_descriptor_and_counts_nothing() {
+    let server = Backend::memory().server(5, "60s").await;
+    let mut client = envoy(&server).await;
+    let long = "k".repeat(300);
+    let mut negative = descriptor(&[("api_key", "k")]);
+    negative.is_negative_hits = true;
+    let mut huge = descriptor(&[("api_key", "k")]);
+    huge.hits_addend = Some(UInt64Value { value: 1 << 40 });
+    let cases = [
+        (vec![descriptor(&[("api_key", "k")]), descriptor(&[("api_key", "")])], "descriptors[1]", "must not be empty"),
+        (vec![descriptor(&[("api_key", "k")]), descriptor(&[("api_key", &long)])], "descriptors[1]", "300 bytes"),
+        (vec![descriptor(&[("api_key", "k")]), negative], "descriptors[1]", "is_negative_hits"),
+        (vec![huge], "descriptors[0].hits_addend", "too large"),
+        (vec![descriptor(&[("api_key", "k")]); 17], "descriptors", "at most 16"),
+    ];
+    for (descriptors, field, reason) in cases {
+        let status = client.should_rate_limit(request(descriptors, 0)).await.expect_err("must be rejected");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with(field) && status.message().contains(reason), "{}", status.message());
+        assert!(!status.message().contains(&long), "the key is never echoed");
+    }
+    let over = client.should_rate_limit(request(vec![descriptor(&[("api_key", "k")])], 6)).await.unwrap_err();
+    assert!(over.message().contains("hits_addend"), "{}", over.message());
+    let untouched = peek(&mut server.client().await, "k", 1).await;
+    assert_eq!(untouched.remaining, 4, "no rejected request counted anything");
+}
+
+/// Three replicas on one Redis, gateways calling through Envoy's API and ours at
+/// once, 60 callers on 4 keys: within one window each key admits exactly its limit,
+/// and every admitted request saw a distinct `remaining` (no two were counted alike).
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_one_exact_limit_through_envoy_and_our_api() {
+    const LIMIT: u32 = 200;
+    const KEYS: usize = 4;
+    let backend = Backend::redis().await;
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(TestServer::start(backend.config(LIMIT, "60s")).await);
+    }
+    let mut callers = Vec::new();
+    for caller in 0..60 {
+        let server = &servers[caller % servers.len()];
+        let (mut envoy_client, mut our_client) = (envoy(server).await, server.client().await);
+        callers.push(tokio::spawn(async move {
+            let mut allowed = Vec::new();
+            for i in 0..40 {
+                let key = format!("key-{}", (caller + i) % KEYS);
+                let (ok, remaining) = if caller % 3 == 0 {
+                    let d = check(&mut our_client, &key, 1).await;
+                    (d.allowed, d.remaining)
+                } else {
+                    let response = ask(&mut envoy_client, &key).await;
+                    let status = &response.statuses[0];
+                    (status.code == Code::Ok as i32, status.limit_remaining)
+                };
+                if ok {
+                    allowed.push((key, remaining));
+                }
+            }
+            allowed
+        }));
+    }
+    let mut by_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for caller in callers {
+        for (key, remaining) in caller.await.expect("a caller failed") {
+            by_key.entry(key).or_default().push(remaining);
+        }
+    }
+    for (key, mut remaining) in by_key {
+        remaining.sort_unstable();
+        println!("{key}: {} of 600 requests allowed (limit {LIMIT})", remaining.len());
+        assert_eq!(remaining, (0..LIMIT).collect::<Vec<_>>(), "{key}: exactly the limit, each unit counted once");
+    }
+}
