@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum, value_parser};
+use clap::{Parser, Subcommand, ValueEnum, value_parser};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -17,6 +17,9 @@ use clap::{Parser, ValueEnum, value_parser};
         inside Redis. Without it, the in-process store is used and limits are per process."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the gRPC API listens on.
     #[arg(long, env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
@@ -58,14 +61,29 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
 
+    /// YAML file of policies and per-key overrides (see README, "The limits file"). Its
+    /// `default` section, if any, replaces --limit and --window. Reloaded when it changes
+    /// and on SIGHUP; a file that does not validate is logged and the last good one kept.
+    #[arg(long, env = "RATELIMITD_LIMITS_FILE")]
+    pub limits_file: Option<PathBuf>,
+
+    /// How often the limits file is checked for changes (its content is compared, so
+    /// Kubernetes ConfigMap updates, which swap a symlink, are seen too).
+    #[arg(long, env = "RATELIMITD_LIMITS_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub limits_poll_interval: Duration,
+
+    /// The Envoy rate-limit descriptor entry whose value is the API key.
+    #[arg(long, env = "RATELIMITD_ENVOY_API_KEY_ENTRY", default_value = "api_key")]
+    pub envoy_api_key_entry: String,
+
     /// Secret for the keyed fingerprints (HMAC-SHA-256) that name API keys in Redis and logs.
     /// Every replica sharing a Redis needs the same one; required with --redis-url.
     /// Prefer --fingerprint-secret-file or the environment over the command line.
-    #[arg(long, env = "RATELIMITD_FINGERPRINT_SECRET", hide_env_values = true)]
+    #[arg(long, global = true, env = "RATELIMITD_FINGERPRINT_SECRET", hide_env_values = true)]
     pub fingerprint_secret: Option<String>,
 
     /// File holding the fingerprint secret (surrounding whitespace is ignored).
-    #[arg(long, env = "RATELIMITD_FINGERPRINT_SECRET_FILE", conflicts_with = "fingerprint_secret")]
+    #[arg(long, global = true, env = "RATELIMITD_FINGERPRINT_SECRET_FILE", conflicts_with = "fingerprint_secret")]
     pub fingerprint_secret_file: Option<PathBuf>,
 
     /// How many of the most throttled keys get a series of their own in the metrics.
@@ -89,6 +107,13 @@ pub struct Cli {
     /// On SIGTERM or SIGINT, how long in-flight calls may take to finish before exiting.
     #[arg(long, env = "RATELIMITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Reads an API key on stdin and prints its fingerprint under the configured
+    /// --fingerprint-secret (for the overrides of the limits file). The key is not echoed.
+    Fingerprint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,10 +2,12 @@
 //! code trusts it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{Cli, LogFormat};
-use crate::limiter::{Fingerprinter, Policies, Policy, PolicyError, SharedPolicies};
+use crate::limiter::{Fingerprinter, MAX_KEY_ID_BYTES, Policies, Policy, PolicyError, SharedPolicies};
+use crate::limits::LimitsError;
 use crate::metrics::ThrottleOptions;
 use crate::store::redis::RedisOptions;
 
@@ -16,12 +18,25 @@ pub struct Config {
     pub store: StoreConfig,
     /// The live policies; replacing them changes limits without a restart.
     pub policies: SharedPolicies,
+    /// Where the policies come from, to reload them; `None` without --limits-file.
+    pub limits_file: Option<LimitsFile>,
+    /// The Envoy descriptor entry that names the API key.
+    pub envoy_api_key_entry: String,
     pub fingerprinter: Fingerprinter,
     pub throttle: ThrottleOptions,
     /// Answer proven denials locally (Redis store only).
     pub deny_cache: bool,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+}
+
+/// The limits file and what applies where it says nothing.
+#[derive(Debug, Clone)]
+pub struct LimitsFile {
+    pub path: PathBuf,
+    /// The default policy when the file has no `default` section (--limit, --window).
+    pub fallback: Policy,
+    pub poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -57,17 +72,30 @@ pub enum ConfigError {
     NearLimitFraction(f64),
     #[error("--fingerprint-secret-file {path}: {source}")]
     SecretFile { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error("--limits-poll-interval must be at least 100ms, got {0:?}")]
+    LimitsPollInterval(Duration),
+    #[error("--envoy-api-key-entry must not be empty")]
+    EnvoyApiKeyEntry,
+    #[error(
+        "fingerprint needs the secret the service uses: --fingerprint-secret, --fingerprint-secret-file \
+         or RATELIMITD_FINGERPRINT_SECRET"
+    )]
+    FingerprintSecret,
+    #[error("fingerprint: {0}")]
+    FingerprintInput(String),
 }
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
-        let default = Policy::new(cli.limit, cli.window).map_err(|e| match e {
-            PolicyError::Limit(limit) => ConfigError::Limit(limit),
+        let default = Policy::default_with(cli.limit, cli.window).map_err(|e| match e {
             PolicyError::Window(window) => ConfigError::Window(window),
+            _ => ConfigError::Limit(cli.limit),
         })?;
         let secret = read_secret(&cli)?;
         let throttle = throttle_options(&cli)?;
-        let store = match cli.redis_url {
+        let store = match cli.redis_url.clone() {
             None => StoreConfig::Memory,
             Some(url) => {
                 if url.starts_with("rediss://") {
@@ -84,7 +112,7 @@ impl Config {
                 }
                 StoreConfig::Redis(RedisOptions {
                     url,
-                    key_prefix: cli.redis_key_prefix,
+                    key_prefix: cli.redis_key_prefix.clone(),
                     timeout: cli.redis_timeout,
                     connections: cli.redis_connections.into(),
                 })
@@ -92,11 +120,17 @@ impl Config {
         };
         // With the in-process store nothing outlives the process, so a random secret will do.
         let secret = secret.unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
+        let (policies, limits_file) = policies(&cli, default)?;
+        if cli.envoy_api_key_entry.is_empty() {
+            return Err(ConfigError::EnvoyApiKeyEntry);
+        }
         Ok(Self {
             listen: cli.listen,
             metrics_listen: cli.metrics_listen,
             store,
-            policies: SharedPolicies::new(Policies::uniform(default)),
+            policies: SharedPolicies::new(policies),
+            limits_file,
+            envoy_api_key_entry: cli.envoy_api_key_entry,
             fingerprinter: Fingerprinter::new(&secret),
             throttle,
             deny_cache: cli.deny_cache,
@@ -104,6 +138,31 @@ impl Config {
             shutdown_grace: cli.shutdown_grace,
         })
     }
+}
+
+/// The policies at start-up: the limits file's if there is one (it must validate), else
+/// the flags' default for every key.
+fn policies(cli: &Cli, default: Policy) -> Result<(Policies, Option<LimitsFile>), ConfigError> {
+    let Some(path) = &cli.limits_file else { return Ok((Policies::uniform(default), None)) };
+    if cli.limits_poll_interval < Duration::from_millis(100) {
+        return Err(ConfigError::LimitsPollInterval(cli.limits_poll_interval));
+    }
+    let policies = crate::limits::load(path, &default)?;
+    let file = LimitsFile { path: path.clone(), fallback: default, poll_interval: cli.limits_poll_interval };
+    Ok((policies, Some(file)))
+}
+
+/// `ratelimitd fingerprint`: the fingerprint of the key read from `input` (one line;
+/// the line break is not part of the key), under the configured secret.
+pub fn fingerprint(cli: &Cli, input: &str) -> Result<String, ConfigError> {
+    let secret = read_secret(cli)?.ok_or(ConfigError::FingerprintSecret)?;
+    let key = input.strip_suffix('\n').unwrap_or(input);
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    if key.is_empty() || key.len() > MAX_KEY_ID_BYTES {
+        let reason = format!("expected one API key of 1 to {MAX_KEY_ID_BYTES} bytes on stdin, got {}", key.len());
+        return Err(ConfigError::FingerprintInput(reason));
+    }
+    Ok(Fingerprinter::new(&secret).fingerprint(key).to_string())
 }
 
 fn throttle_options(cli: &Cli) -> Result<ThrottleOptions, ConfigError> {
@@ -150,7 +209,7 @@ mod tests {
     fn defaults_to_300_per_minute_in_process() {
         let config = parse(&[]).unwrap();
         assert!(matches!(config.store, StoreConfig::Memory));
-        let policy = config.policies.current().default;
+        let policy = config.policies.current().default.limits.windows()[0];
         assert_eq!((policy.limit(), policy.window_ms()), (300, 60_000));
     }
 
@@ -169,6 +228,9 @@ mod tests {
             (&["--throttled-interval", "10ms"], "--throttled-interval"),
             (&["--near-limit-fraction", "0"], "--near-limit-fraction"),
             (&["--near-limit-fraction", "NaN"], "--near-limit-fraction"),
+            (&["--limits-file", "/nonexistent/limits.yaml"], "--limits-file"),
+            (&["--limits-file", "/dev/null", "--limits-poll-interval", "1ms"], "--limits-poll-interval"),
+            (&["--envoy-api-key-entry", ""], "--envoy-api-key-entry"),
         ];
         for (args, flag) in cases {
             let message = parse(args).expect_err("must be rejected").to_string();
@@ -183,5 +245,17 @@ mod tests {
         let StoreConfig::Redis(options) = config.store else { panic!("expected the Redis store") };
         assert_eq!(options.timeout, Duration::from_millis(100));
         assert_eq!(options.key_prefix, "ratelimitd:");
+    }
+
+    #[test]
+    fn fingerprint_reads_one_line_under_the_secret() {
+        let cli = |args: &[&str]| Cli::try_parse_from([&["ratelimitd"], args].concat()).unwrap();
+        let with_secret = cli(&["--fingerprint-secret", "s3cret", "fingerprint"]);
+        let printed = fingerprint(&with_secret, "sk_live_1\n").unwrap();
+        assert_eq!(printed, Fingerprinter::new(b"s3cret").fingerprint("sk_live_1").to_string());
+        assert_eq!(fingerprint(&with_secret, "sk_live_1\r\n").unwrap(), printed);
+        assert!(matches!(fingerprint(&with_secret, "\n"), Err(ConfigError::FingerprintInput(_))));
+        let without = cli(&["fingerprint"]);
+        assert!(matches!(fingerprint(&without, "sk_live_1"), Err(ConfigError::FingerprintSecret)));
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! A tour, from the outside in:
 //! - [`cli`] and [`config`]: the command line and the validated [`config::Config`];
+//! - [`limits`] and [`reload`]: the limits file (policies, overrides by fingerprint)
+//!   and its hot reload;
 //! - [`app`]: wires a store, the limiter and the gRPC server; `run` takes a bound
 //!   listener and a shutdown future, so tests serve on port 0 and stop on demand;
-//! - [`grpc`]: the generated code, the `ratelimit.v1.RateLimiter` service, and the
+//! - [`grpc`]: the generated code, the `ratelimit.v1.RateLimiter` service, Envoy's
+//!   `RateLimitService`, the rate-limit response headers, and the
 //!   mapping of domain results to protobuf messages and gRPC statuses;
 //! - [`limiter`]: the domain, with no gRPC or Redis types: policies, validation,
 //!   fingerprints (the raw key never leaves this layer) and the ring algorithm;
@@ -19,7 +22,9 @@ pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod limiter;
+pub mod limits;
 pub mod metrics;
+pub mod reload;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

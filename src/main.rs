@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ratelimitd::app::Listeners;
-use ratelimitd::cli::Cli;
-use ratelimitd::config::Config;
+use ratelimitd::cli::{Cli, Command};
+use ratelimitd::config::{self, Config};
 use ratelimitd::{app, shutdown, telemetry};
 
 /// mimalloc: the service allocates per request (HTTP/2 frames, protobuf messages), and
@@ -16,6 +16,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command == Some(Command::Fingerprint) {
+        return print_fingerprint(&cli);
+    }
     let config = match Config::from_cli(cli) {
         Ok(config) => config,
         Err(e) => {
@@ -47,4 +50,23 @@ async fn bind(config: &Config) -> Result<Listeners, String> {
     let grpc = bind("--listen", config.listen).await?;
     let metrics = bind("--metrics-listen", config.metrics_listen).await?;
     Ok(Listeners { grpc, metrics: Some(metrics) })
+}
+
+/// `ratelimitd fingerprint`: reads a key on stdin, prints its fingerprint.
+fn print_fingerprint(cli: &Cli) -> ExitCode {
+    let mut input = String::new();
+    let printed = std::io::stdin()
+        .read_line(&mut input)
+        .map_err(|e| config::ConfigError::FingerprintInput(e.to_string()))
+        .and_then(|_| config::fingerprint(cli, &input));
+    match printed {
+        Ok(fingerprint) => {
+            println!("{fingerprint}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ratelimitd: error: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

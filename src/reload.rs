@@ -1,0 +1,127 @@
+//! Hot reload of the limits file: on a change of its content (polled, since editors
+//! and Kubernetes ConfigMaps replace files in ways that file watches miss) and on
+//! SIGHUP. A file that does not validate is logged, counted, and kept out: the
+//! policies in force stay as they were. A new policy set replaces the old one in one
+//! atomic swap, so no call is dropped or sees half of each.
+
+use std::future::Future;
+
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+
+use crate::config::LimitsFile;
+use crate::limiter::SharedPolicies;
+use crate::limits::{self, LimitsError};
+use crate::metrics;
+
+/// What one look at the file found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    Applied,
+    Rejected,
+}
+
+/// Watches the file until `shutdown` resolves. Each message on `reload_now` (SIGHUP)
+/// reloads it even if unchanged.
+pub async fn watch(
+    file: LimitsFile,
+    policies: SharedPolicies,
+    mut reload_now: mpsc::Receiver<()>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut watcher = Watcher { file, policies, last: None, unreadable: false };
+    // The text that was loaded at start-up is the baseline.
+    watcher.last = std::fs::read(&watcher.file.path).ok();
+    let mut tick = tokio::time::interval(watcher.file.poll_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => { watcher.check(false); }
+            Some(()) = reload_now.recv() => {
+                tracing::info!(path = %watcher.file.path.display(), "SIGHUP: reloading the limits file");
+                watcher.check(true);
+            }
+        }
+    }
+}
+
+/// The file, and the content last seen (loaded or rejected), so a broken file is
+/// reported once, not on every poll.
+pub struct Watcher {
+    pub file: LimitsFile,
+    pub policies: SharedPolicies,
+    pub last: Option<Vec<u8>>,
+    /// Whether the last read failed (reported once until it is readable again).
+    pub unreadable: bool,
+}
+
+impl Watcher {
+    /// Reloads if the content changed (or always, if `force`).
+    pub fn check(&mut self, force: bool) -> Reload {
+        let content = match std::fs::read(&self.file.path) {
+            Ok(content) => content,
+            Err(source) => {
+                if !std::mem::replace(&mut self.unreadable, true) || force {
+                    let error = LimitsError::Read { path: self.file.path.display().to_string(), source };
+                    reject(&error);
+                }
+                return Reload::Rejected;
+            }
+        };
+        self.unreadable = false;
+        if !force && self.last.as_ref() == Some(&content) {
+            return Reload::Unchanged;
+        }
+        let text = String::from_utf8_lossy(&content);
+        match limits::parse(&text, &self.file.fallback) {
+            Ok(policies) => {
+                let (named, overrides) = (count_policies(&policies), policies.overrides.len());
+                self.policies.replace(policies);
+                self.last = Some(content);
+                metrics::config_loaded(true);
+                tracing::info!(path = %self.file.path.display(), policies = named, overrides, "limits file loaded");
+                Reload::Applied
+            }
+            Err(message) => {
+                self.last = Some(content);
+                reject(&LimitsError::Invalid { path: self.file.path.display().to_string(), message });
+                Reload::Rejected
+            }
+        }
+    }
+}
+
+fn reject(error: &LimitsError) {
+    metrics::config_loaded(false);
+    tracing::error!(error = %error, "limits file rejected; the policies in force are kept");
+}
+
+fn count_policies(policies: &crate::limiter::Policies) -> usize {
+    let names: std::collections::HashSet<&str> = policies.overrides.values().map(|o| &*o.policy.name).collect();
+    names.len() + 1
+}
+
+/// Sends on `to` at each SIGHUP, until the receiver is gone.
+pub async fn forward_hangups(to: mpsc::Sender<()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; the limits file is still reloaded on change");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            if to.send(()).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(to);
+}
