@@ -117,7 +117,8 @@ async fn serve_on_store(
                 Ok(()) => tracing::info!(key_prefix = %options.key_prefix, "Redis store ready; limits are shared"),
                 Err(e) => tracing::error!(error = %e, "Redis not reachable yet; calls get UNAVAILABLE until it is"),
             }
-            let mut limiter = Limiter::new(store, policies, fingerprinter, throttled);
+            let mut limiter = Limiter::new(store, policies, fingerprinter, throttled)
+                .with_expected_replicas(config.expected_replicas);
             if config.deny_cache {
                 limiter = limiter.with_deny_cache();
             }
@@ -245,6 +246,7 @@ async fn probe_redis(limiter: Weak<Limiter<RedisStore>>) {
                 if let Some(cache) = limiter.deny_cache() {
                     cache.evict_expired();
                 }
+                limiter.local_store().evict_idle();
             }
         }
     }

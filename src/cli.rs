@@ -38,10 +38,22 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "ratelimitd:")]
     pub redis_key_prefix: String,
 
-    /// Bound on each Redis call, connecting included (e.g. 50ms, 1s). A call that takes
-    /// longer fails with UNAVAILABLE.
-    #[arg(long, env = "RATELIMITD_REDIS_TIMEOUT", default_value = "100ms", value_parser = parse_duration)]
+    /// Deadline of each Redis call, connecting included (e.g. 10ms, 50ms). A call that misses
+    /// it is answered by the key's failure mode (--failure-mode).
+    #[arg(long, env = "RATELIMITD_REDIS_TIMEOUT", default_value = "10ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+
+    /// What a check answers when Redis fails or misses its deadline, for policies that do not
+    /// set their own `failure`: open (allow), closed (deny), or local (each replica enforces
+    /// limit / --expected-replicas on its own exact in-process store).
+    #[arg(long, env = "RATELIMITD_FAILURE_MODE", value_enum, default_value_t = FailureModeArg::Local)]
+    pub failure_mode: FailureModeArg,
+
+    /// How many ratelimitd replicas share the Redis: the local failure mode admits each
+    /// window's limit divided by this on each replica (at least 1).
+    #[arg(long, env = "RATELIMITD_EXPECTED_REPLICAS", default_value_t = 1,
+          value_parser = value_parser!(u32).range(1..=10_000))]
+    pub expected_replicas: u32,
 
     /// Redis connections per replica; each pipelines any number of concurrent calls.
     #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", default_value_t = 2,
@@ -114,6 +126,26 @@ pub enum Command {
     /// Reads an API key on stdin and prints its fingerprint under the configured
     /// --fingerprint-secret (for the overrides of the limits file). The key is not echoed.
     Fingerprint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureModeArg {
+    /// Allow: the API stays up, unprotected.
+    Open,
+    /// Deny: the API is protected, and down.
+    Closed,
+    /// Each replica enforces limit / --expected-replicas by itself.
+    Local,
+}
+
+impl From<FailureModeArg> for crate::limiter::FailureMode {
+    fn from(arg: FailureModeArg) -> Self {
+        match arg {
+            FailureModeArg::Open => Self::Open,
+            FailureModeArg::Closed => Self::Closed,
+            FailureModeArg::Local => Self::Local,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -22,6 +22,8 @@ pub struct Config {
     pub limits_file: Option<LimitsFile>,
     /// The Envoy descriptor entry that names the API key.
     pub envoy_api_key_entry: String,
+    /// Replicas sharing the store: the local failure mode divides limits by this.
+    pub expected_replicas: u32,
     pub fingerprinter: Fingerprinter,
     pub throttle: ThrottleOptions,
     /// Answer proven denials locally (Redis store only).
@@ -37,6 +39,8 @@ pub struct LimitsFile {
     /// The default policy when the file has no `default` section (--limit, --window).
     pub fallback: Policy,
     pub poll_interval: Duration,
+    /// The content the policies in force were loaded from.
+    pub loaded: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,10 +93,11 @@ pub enum ConfigError {
 
 impl Config {
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
-        let default = Policy::default_with(cli.limit, cli.window).map_err(|e| match e {
+        let mut default = Policy::default_with(cli.limit, cli.window).map_err(|e| match e {
             PolicyError::Window(window) => ConfigError::Window(window),
             _ => ConfigError::Limit(cli.limit),
         })?;
+        default.failure = cli.failure_mode.into();
         let secret = read_secret(&cli)?;
         let throttle = throttle_options(&cli)?;
         let store = match cli.redis_url.clone() {
@@ -131,6 +136,7 @@ impl Config {
             policies: SharedPolicies::new(policies),
             limits_file,
             envoy_api_key_entry: cli.envoy_api_key_entry,
+            expected_replicas: cli.expected_replicas,
             fingerprinter: Fingerprinter::new(&secret),
             throttle,
             deny_cache: cli.deny_cache,
@@ -147,8 +153,8 @@ fn policies(cli: &Cli, default: Policy) -> Result<(Policies, Option<LimitsFile>)
     if cli.limits_poll_interval < Duration::from_millis(100) {
         return Err(ConfigError::LimitsPollInterval(cli.limits_poll_interval));
     }
-    let policies = crate::limits::load(path, &default)?;
-    let file = LimitsFile { path: path.clone(), fallback: default, poll_interval: cli.limits_poll_interval };
+    let (policies, loaded) = crate::limits::load(path, &default)?;
+    let file = LimitsFile { path: path.clone(), fallback: default, poll_interval: cli.limits_poll_interval, loaded };
     Ok((policies, Some(file)))
 }
 
@@ -243,7 +249,7 @@ mod tests {
     fn redis_needs_a_shared_secret() {
         let config = parse(&["--redis-url", "redis://h:6379", "--fingerprint-secret", "s3cret"]).unwrap();
         let StoreConfig::Redis(options) = config.store else { panic!("expected the Redis store") };
-        assert_eq!(options.timeout, Duration::from_millis(100));
+        assert_eq!(options.timeout, Duration::from_millis(10));
         assert_eq!(options.key_prefix, "ratelimitd:");
     }
 

@@ -15,6 +15,7 @@
 //!     limit: 100
 //!     window: 1m
 //!     shadow: true        # computed and reported, never denies
+//!     failure: open       # when Redis fails: open, closed or local (default: --failure-mode)
 //! overrides:
 //!   9f0c2d4e6a8b1c3d5e7f9a0b2c4d6e8f:   # `ratelimitd fingerprint` prints it
 //!     policy: partner-gold
@@ -35,7 +36,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use crate::limiter::{DEFAULT_POLICY, Fingerprint, Limits, Override, Policies, Policy, Window};
+use crate::limiter::{DEFAULT_POLICY, FailureMode, Fingerprint, Limits, Override, Policies, Policy, Window};
 
 /// The longest policy name or alias.
 const MAX_NAME: usize = 64;
@@ -48,11 +49,17 @@ pub enum LimitsError {
     Invalid { path: String, message: String },
 }
 
-/// Reads and validates the file. `fallback` is the default policy when the file has none.
-pub fn load(path: &Path, fallback: &Policy) -> Result<Policies, LimitsError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LimitsError::Read { path: path.display().to_string(), source })?;
-    parse(&text, fallback).map_err(|message| LimitsError::Invalid { path: path.display().to_string(), message })
+/// Reads and validates the file. `fallback` is the default policy when the file has
+/// none. Returns the policies and the bytes they came from.
+pub fn load(path: &Path, fallback: &Policy) -> Result<(Policies, Vec<u8>), LimitsError> {
+    let bytes = std::fs::read(path).map_err(|source| LimitsError::Read { path: path.display().to_string(), source })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| LimitsError::Invalid {
+        path: path.display().to_string(),
+        message: format!("the file is not UTF-8: {e}"),
+    })?;
+    let policies =
+        parse(text, fallback).map_err(|message| LimitsError::Invalid { path: path.display().to_string(), message })?;
+    Ok((policies, bytes))
 }
 
 /// Validates a limits file's text; the error says what is wrong, where.
@@ -91,7 +98,7 @@ struct Names {
 struct File {
     default: Option<PolicyBody>,
     #[serde(default)]
-    policies: BTreeMap<PolicyName, PolicyBody>,
+    policies: Named,
     #[serde(default)]
     overrides: Overrides,
 }
@@ -99,16 +106,17 @@ struct File {
 impl File {
     fn into_policies(self, fallback: &Policy) -> Policies {
         let default = match self.default {
-            Some(body) => Policy { name: DEFAULT_POLICY.into(), limits: body.limits, shadow: body.shadow },
+            Some(body) => body.into_policy(DEFAULT_POLICY, fallback),
             None => fallback.clone(),
         };
         let default = Arc::new(default);
         let named: HashMap<String, Arc<Policy>> = self
             .policies
+            .0
             .into_iter()
             .map(|(name, body)| {
-                let policy = Policy { name: name.0.as_str().into(), limits: body.limits, shadow: body.shadow };
-                (name.0, Arc::new(policy))
+                let policy = body.into_policy(&name, fallback);
+                (name, Arc::new(policy))
             })
             .collect();
         let overrides = self
@@ -124,10 +132,19 @@ impl File {
     }
 }
 
-/// A validated policy body: `limit` and `window`, or `windows`; and `shadow`.
+/// A validated policy body: `limit` and `window`, or `windows`; `shadow`; `failure`.
 struct PolicyBody {
     limits: Limits,
     shadow: bool,
+    failure: Option<FailureMode>,
+}
+
+impl PolicyBody {
+    /// Without a `failure` of its own, a policy has the default's (--failure-mode).
+    fn into_policy(self, name: &str, fallback: &Policy) -> Policy {
+        let failure = self.failure.unwrap_or(fallback.failure);
+        Policy { name: name.into(), limits: self.limits, shadow: self.shadow, failure }
+    }
 }
 
 #[derive(Deserialize)]
@@ -138,6 +155,7 @@ struct RawPolicy {
     windows: Option<Vec<RawWindow>>,
     #[serde(default)]
     shadow: bool,
+    failure: Option<FailureMode>,
 }
 
 #[derive(Deserialize)]
@@ -163,7 +181,7 @@ impl TryFrom<RawPolicy> for PolicyBody {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let limits = Limits::new(&windows).map_err(|e| e.to_string())?;
-        Ok(Self { limits, shadow: raw.shadow })
+        Ok(Self { limits, shadow: raw.shadow, failure: raw.failure })
     }
 }
 
@@ -234,6 +252,36 @@ impl<'de, Raw: DeserializeOwned, T: TryFrom<Raw, Error = String>> Visitor<'de> f
     }
 }
 
+/// Named policies; a name defined twice is an error (YAML would keep the last).
+#[derive(Default)]
+struct Named(BTreeMap<String, PolicyBody>);
+
+impl<'de> Deserialize<'de> for Named {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Named;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from policy names to policies")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named, A::Error> {
+                let mut named = BTreeMap::new();
+                while let Some(PolicyName(name)) = map.next_key()? {
+                    let body: PolicyBody = map.next_value()?;
+                    if named.contains_key(&name) {
+                        return Err(de::Error::custom(format!("policy `{name}` is defined twice")));
+                    }
+                    named.insert(name, body);
+                }
+                Ok(Named(named))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Overrides by fingerprint; a fingerprint listed twice is an error.
 #[derive(Default)]
 struct Overrides(HashMap<Fingerprint, OverrideBody>);
@@ -278,7 +326,6 @@ impl<'de> Deserialize<'de> for FingerprintKey {
     }
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct PolicyName(String);
 
 impl<'de> Deserialize<'de> for PolicyName {
@@ -336,7 +383,7 @@ mod tests {
     fn a_full_file_loads() {
         let text = format!(
             "default:\n  limit: 100\n  window: 1m\npolicies:\n  gold:\n    windows:\n      - {{ limit: 20, window: 1s }}\n      \
-             - {{ limit: 3000, window: 1m }}\n  trial:\n    limit: 5\n    window: 10s\n    shadow: true\n\
+             - {{ limit: 3000, window: 1m }}\n    failure: closed\n  trial:\n    limit: 5\n    window: 10s\n    shadow: true\n\
              overrides:\n  {FP}:\n    policy: gold\n    alias: Acme Health\n"
         );
         let policies = parse(&text, &fallback()).unwrap();
@@ -345,6 +392,7 @@ mod tests {
         let resolved = policies.lookup(&key);
         assert_eq!((&*resolved.policy.name, resolved.alias.as_deref()), ("gold", Some("Acme Health")));
         assert_eq!((resolved.policy.limits.capacity(), resolved.policy.limits.max_cost()), (3000, 20));
+        assert_eq!((resolved.policy.failure, policies.default.failure), (FailureMode::Closed, FailureMode::Local));
     }
 
     #[test]
@@ -383,7 +431,13 @@ mod tests {
                 "listed twice",
                 "line",
             ),
+            (
+                "policies:\n  g:\n    limit: 1\n    window: 1s\n  g:\n    limit: 2\n    window: 1s\n",
+                "defined twice",
+                "line",
+            ),
             ("default: [1, 2]\n", "expected a policy", "line 1"),
+            ("default:\n  limit: 5\n  window: 1s\n  failure: maybe\n", "unknown variant `maybe`", "line 4"),
             ("default:\n  limit: 5\n   window: 1s\n", "default.limit", "line 2"),
         ];
         for (text, what, line) in cases {

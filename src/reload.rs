@@ -14,6 +14,9 @@ use crate::limiter::SharedPolicies;
 use crate::limits::{self, LimitsError};
 use crate::metrics;
 
+/// How long after a read a changed file is read again, to be sure it is complete.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What one look at the file found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
@@ -30,19 +33,19 @@ pub async fn watch(
     mut reload_now: mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut watcher = Watcher { file, policies, last: None, unreadable: false };
-    // The text that was loaded at start-up is the baseline.
-    watcher.last = std::fs::read(&watcher.file.path).ok();
+    // The content loaded at start-up is the baseline: a change since then is applied.
+    let last = Some(file.loaded.clone());
+    let mut watcher = Watcher { file, policies, last, unreadable: false };
     let mut tick = tokio::time::interval(watcher.file.poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
-            _ = tick.tick() => { watcher.check(false); }
+            _ = tick.tick() => { watcher.check(false).await; }
             Some(()) = reload_now.recv() => {
                 tracing::info!(path = %watcher.file.path.display(), "SIGHUP: reloading the limits file");
-                watcher.check(true);
+                watcher.check(true).await;
             }
         }
     }
@@ -59,22 +62,39 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Reloads if the content changed (or always, if `force`).
-    pub fn check(&mut self, force: bool) -> Reload {
-        let content = match std::fs::read(&self.file.path) {
-            Ok(content) => content,
-            Err(source) => {
-                if !std::mem::replace(&mut self.unreadable, true) || force {
-                    let error = LimitsError::Read { path: self.file.path.display().to_string(), source };
-                    reject(&error);
-                }
-                return Reload::Rejected;
-            }
-        };
-        self.unreadable = false;
+    /// Reloads if the content changed (or always, if `force`). A changed file is read
+    /// again a moment later and used only if both reads agree, so a file caught half
+    /// written in place (rather than replaced whole) is not applied.
+    pub async fn check(&mut self, force: bool) -> Reload {
+        let Some(content) = self.read() else { return Reload::Rejected };
         if !force && self.last.as_ref() == Some(&content) {
             return Reload::Unchanged;
         }
+        tokio::time::sleep(SETTLE).await;
+        match self.read() {
+            Some(again) if again == content => self.apply(content),
+            // Still being written: the next poll sees the finished file.
+            Some(_) => Reload::Unchanged,
+            None => Reload::Rejected,
+        }
+    }
+
+    fn read(&mut self) -> Option<Vec<u8>> {
+        match std::fs::read(&self.file.path) {
+            Ok(content) => {
+                self.unreadable = false;
+                Some(content)
+            }
+            Err(source) => {
+                if !std::mem::replace(&mut self.unreadable, true) {
+                    reject(&LimitsError::Read { path: self.file.path.display().to_string(), source });
+                }
+                None
+            }
+        }
+    }
+
+    fn apply(&mut self, content: Vec<u8>) -> Reload {
         let text = String::from_utf8_lossy(&content);
         match limits::parse(&text, &self.file.fallback) {
             Ok(policies) => {

@@ -273,7 +273,11 @@ async fn a_shadow_policy_reports_but_never_denies(backend: Backend) {
         shadow_denied += usize::from(d.shadow_denied);
     }
     assert_eq!(shadow_denied, 3, "the 3rd to 5th would have been denied");
-    server.set_policy("k", Policy { shadow: false, ..trial });
+    // Enforced at 3: 2 units were counted (not 5), so exactly one more fits.
+    let limits = Limits::single(3, Duration::from_secs(60)).unwrap();
+    server.set_policy("k", Policy { shadow: false, limits, ..trial });
     let enforced = check(&mut client, "k", 1).await;
-    assert!(!enforced.allowed && !enforced.shadow_denied, "2 units were counted, not 5: {enforced:?}");
+    assert!(enforced.allowed && enforced.remaining == 0, "{enforced:?}");
+    let over = check(&mut client, "k", 1).await;
+    assert!(!over.allowed && !over.shadow_denied, "{over:?}");
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::{Backend, TestServer, check, peek};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -14,6 +15,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_li
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
+use ratelimitd::limiter::{Limits, Policy, Window};
 use tonic::transport::Channel;
 
 type Envoy = RateLimitServiceClient<Channel>;
@@ -88,6 +90,41 @@ async fn several_descriptors_each_get_a_status() {
     assert_eq!(response.statuses[0].limit_remaining, 1);
     assert!(response.statuses[2].current_limit.is_none());
     assert!(header(&response, "Retry-After").is_some(), "the headers of the denied descriptor");
+    // Envoy rejects the whole request, so the key that fitted counted nothing.
+    let fresh = peek(&mut server.client().await, "fresh", 1).await;
+    assert_eq!(fresh.remaining, 1, "2 left before the request, 1 after a count: nothing was counted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_counts_once_per_key() {
+    let server = Backend::memory().server(10, "60s").await;
+    let mut client = envoy(&server).await;
+    // Common Envoy configs send the key alone and with the route: one request, one count.
+    let descriptors = vec![descriptor(&[("api_key", "k")]), descriptor(&[("api_key", "k"), ("path", "/v1/claims")])];
+    let response = client.should_rate_limit(request(descriptors, 1)).await.unwrap().into_inner();
+    let remaining: Vec<u32> = response.statuses.iter().map(|s| s.limit_remaining).collect();
+    assert_eq!(remaining, [9, 9]);
+    // A descriptor's own hits_addend of 0 asks without counting.
+    let mut ask_only = descriptor(&[("api_key", "k")]);
+    ask_only.hits_addend = Some(UInt64Value { value: 0 });
+    let response = client.should_rate_limit(request(vec![ask_only], 1)).await.unwrap().into_inner();
+    assert_eq!(response.statuses[0].limit_remaining, 8, "what a count would leave");
+    assert_eq!(peek(&mut server.client().await, "k", 1).await.remaining, 8, "9 units free: nothing counted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_longest_wait_sets_retry_after() {
+    let server = Backend::memory().server(1, "60s").await;
+    let minute = Window::new(1, Duration::from_secs(60)).unwrap();
+    server.set_policy("slow", Policy::new("slow", Limits::new(&[minute]).unwrap()));
+    server.set_override("fast", 1, Duration::from_secs(2));
+    let mut client = envoy(&server).await;
+    ask(&mut client, "fast").await;
+    ask(&mut client, "slow").await;
+    let both = vec![descriptor(&[("api_key", "fast")]), descriptor(&[("api_key", "slow")])];
+    let response = client.should_rate_limit(request(both, 1)).await.unwrap().into_inner();
+    let retry: u64 = header(&response, "Retry-After").expect("Retry-After").parse().unwrap();
+    assert!(retry >= 59, "the client must wait for the slower key: Retry-After {retry}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,8 +163,11 @@ async fn bad_input_names_the_descriptor_and_counts_nothing() {
         assert!(status.message().starts_with(field) && status.message().contains(reason), "{}", status.message());
         assert!(!status.message().contains(&long), "the key is never echoed");
     }
-    let over = client.should_rate_limit(request(vec![descriptor(&[("api_key", "k")])], 6)).await.unwrap_err();
-    assert!(over.message().contains("hits_addend"), "{}", over.message());
+    // A cost above the limit can never fit: over the limit (a rejected call would let
+    // Envoy pass the request with its default failure_mode_deny off), nothing counted.
+    let over = client.should_rate_limit(request(vec![descriptor(&[("api_key", "k")])], 6)).await.unwrap().into_inner();
+    assert_eq!(over.overall_code, Code::OverLimit as i32);
+    assert_eq!(over.statuses[0].current_limit.as_ref().map(|l| l.requests_per_unit), Some(5));
     let untouched = peek(&mut server.client().await, "k", 1).await;
     assert_eq!(untouched.remaining, 4, "no rejected request counted anything");
 }

@@ -3,8 +3,9 @@
 //! would Envoy's ratelimit service, with the same exact limits as our own API.
 //!
 //! Each descriptor that has an entry named by `--envoy-api-key-entry` (default
-//! `api_key`) is one check of that entry's value as the key id; other entries are
-//! ignored. A descriptor without that entry is not limited (OK, no current limit).
+//! `api_key`) checks that entry's value as the key id; other entries are ignored, and
+//! descriptors naming the same key are one check. A descriptor without that entry is
+//! not limited (OK, no current limit).
 //! The request's `domain` is accepted as given and does not change the key: a key is
 //! counted once whatever the domain or API it arrives through. Limits come only from
 //! ratelimitd's policies: a descriptor's `limit` override is ignored, so a gateway
@@ -24,7 +25,7 @@ use tonic::{Request, Response, Status};
 pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 use super::{headers, to_status};
-use crate::limiter::{CheckError, Checked, Limiter, Mode, Verdict};
+use crate::limiter::{CheckError, Checked, Limiter, Mode, Policies, Policy, Verdict, Window};
 use crate::store::Store;
 
 /// The most descriptors one request may carry: each is a store call.
@@ -55,58 +56,145 @@ impl<S: Store> RateLimitService for EnvoyRateLimitService<S> {
                 format!("descriptors: {} given; at most {MAX_DESCRIPTORS} are allowed", request.descriptors.len());
             return Err(Status::invalid_argument(message));
         }
-        // Every descriptor is checked before any is counted: bad input changes nothing.
-        let mut checked = Vec::with_capacity(request.descriptors.len());
+        // Every descriptor is checked, against one snapshot of the policies, before any
+        // is counted: bad input changes nothing.
+        let policies = self.limiter.policies().current();
+        let mut plan = Plan::default();
         for (i, descriptor) in request.descriptors.iter().enumerate() {
-            checked.push(self.validate(i, descriptor, request.hits_addend)?);
+            let target = match self.validate(&policies, i, descriptor, request.hits_addend)? {
+                Asked::Unlimited => Target::Unlimited,
+                Asked::NeverFits(policy) => Target::NeverFits(policy),
+                Asked::Check(check, mode) => plan.add(check, mode),
+            };
+            plan.targets.push(target);
         }
-        let mut verdicts = Vec::with_capacity(checked.len());
-        for check in checked {
-            verdicts.push(match check {
-                Some(check) => Some(self.limiter.decide(check, Mode::Consume).await.map_err(to_status)?),
-                None => None,
-            });
+        let verdicts = plan.decide(&self.limiter).await.map_err(to_status)?;
+        Ok(Response::new(respond(&plan.targets, &verdicts)))
+    }
+}
+
+/// What a descriptor asks for.
+enum Asked {
+    /// No API key entry: not limited.
+    Unlimited,
+    /// A cost above the key's limit: it can never fit, so it is over the limit, and
+    /// nothing is counted.
+    NeverFits(Arc<Policy>),
+    Check(Checked, Mode),
+}
+
+/// Where a descriptor's status comes from.
+enum Target {
+    Unlimited,
+    NeverFits(Arc<Policy>),
+    /// The answer of the plan's i-th key check.
+    Key(usize),
+}
+
+/// The distinct keys of one request, each checked once: one request counts once per
+/// key, whatever number of descriptors name it (a larger cost wins; a check-only
+/// descriptor, `hits_addend` 0, counts only if another descriptor of its key does).
+#[derive(Default)]
+struct Plan {
+    checks: Vec<(Checked, Mode)>,
+    targets: Vec<Target>,
+}
+
+impl Plan {
+    fn add(&mut self, check: Checked, mode: Mode) -> Target {
+        if let Some(i) = self.checks.iter().position(|(c, _)| c.key() == check.key()) {
+            let (existing, existing_mode) = &mut self.checks[i];
+            existing.merge(&check);
+            if mode == Mode::Consume {
+                *existing_mode = Mode::Consume;
+            }
+            return Target::Key(i);
         }
-        Ok(Response::new(respond(&verdicts)))
+        self.checks.push((check, mode));
+        Target::Key(self.checks.len() - 1)
+    }
+
+    /// Decides every key. With several keys, all are first peeked: if any would be
+    /// denied, nothing is counted (Envoy rejects the whole request). Two requests racing
+    /// between the peek and the count can still leave one counted in some keys only.
+    async fn decide<S: Store>(&self, limiter: &Limiter<S>) -> Result<Vec<Verdict>, CheckError> {
+        let mut verdicts = Vec::with_capacity(self.checks.len());
+        if self.checks.len() > 1 {
+            for (check, _) in &self.checks {
+                verdicts.push(limiter.decide(check.clone(), Mode::Peek).await?);
+            }
+            if verdicts.iter().any(|v| !v.decision.allowed) {
+                return Ok(verdicts);
+            }
+            verdicts.clear();
+        }
+        for (check, mode) in &self.checks {
+            verdicts.push(limiter.decide(check.clone(), *mode).await?);
+        }
+        Ok(verdicts)
     }
 }
 
 impl<S: Store> EnvoyRateLimitService<S> {
-    /// The descriptor's check, or `None` if it names no API key.
-    fn validate(&self, i: usize, descriptor: &RateLimitDescriptor, hits: u32) -> Result<Option<Checked>, Status> {
+    fn validate(
+        &self,
+        policies: &Policies,
+        i: usize,
+        descriptor: &RateLimitDescriptor,
+        hits: u32,
+    ) -> Result<Asked, Status> {
         let Some(entry) = descriptor.entries.iter().find(|entry| entry.key == *self.key_entry) else {
-            return Ok(None);
+            return Ok(Asked::Unlimited);
         };
         if descriptor.is_negative_hits {
             let reason = "is_negative_hits is not supported: only time frees capacity";
             return Err(Status::invalid_argument(format!("descriptors[{i}]: {reason}")));
         }
-        let cost = match &descriptor.hits_addend {
-            Some(addend) => u32::try_from(addend.value).map_err(|_| {
-                Status::invalid_argument(format!("descriptors[{i}].hits_addend: {} is too large", addend.value))
-            })?,
-            None => hits,
+        // A descriptor's own hits_addend of 0 asks without counting (as Envoy's ratelimit).
+        let (cost, mode) = match &descriptor.hits_addend {
+            Some(addend) if addend.value == 0 => (1, Mode::Peek),
+            Some(addend) => (
+                u32::try_from(addend.value).map_err(|_| {
+                    Status::invalid_argument(format!("descriptors[{i}].hits_addend: {} is too large", addend.value))
+                })?,
+                Mode::Consume,
+            ),
+            None => (hits, Mode::Consume),
         };
-        self.limiter.validate(&entry.value, cost).map(Some).map_err(|e| match e {
-            CheckError::InvalidArgument { field: "key_id", reason } => Status::invalid_argument(format!(
+        match self.limiter.validate_in(policies, &entry.value, cost) {
+            Ok(check) => Ok(Asked::Check(check, mode)),
+            Err(CheckError::InvalidArgument { field: "cost", .. }) => {
+                // Behind Envoy a rejected call would let the request through
+                // (failure_mode_deny is off by default): a cost that can never fit is over.
+                let check = self.limiter.validate_in(policies, &entry.value, 1).map_err(to_status)?;
+                Ok(Asked::NeverFits(check.policy().clone()))
+            }
+            Err(CheckError::InvalidArgument { reason, .. }) => Err(Status::invalid_argument(format!(
                 "descriptors[{i}]: the value of entry \"{}\" {reason}",
                 self.key_entry
-            )),
-            CheckError::InvalidArgument { field: "cost", reason } => {
-                Status::invalid_argument(format!("descriptors[{i}]: hits_addend {reason}"))
-            }
-            other => to_status(other),
-        })
+            ))),
+            Err(other) => Err(to_status(other)),
+        }
     }
 }
 
 /// One status per descriptor, in order; OVER_LIMIT overall if any descriptor is.
-/// The headers are those of the most constrained descriptor: the first denied one,
-/// else the one with the fewest units left.
-fn respond(verdicts: &[Option<Verdict>]) -> RateLimitResponse {
-    let statuses: Vec<DescriptorStatus> = verdicts.iter().map(|v| v.as_ref().map_or_else(unlimited, status)).collect();
+/// The headers are those of the most constrained key: the denied one with the longest
+/// wait, else the one with the fewest units left (shadow policies send none).
+fn respond(targets: &[Target], verdicts: &[Verdict]) -> RateLimitResponse {
+    let statuses: Vec<DescriptorStatus> = targets
+        .iter()
+        .map(|target| match target {
+            Target::Key(i) => status(&verdicts[*i]),
+            Target::NeverFits(policy) => never_fits(policy),
+            Target::Unlimited => unlimited(),
+        })
+        .collect();
     let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
-    let tightest = verdicts.iter().flatten().min_by_key(|v| (v.decision.allowed, v.decision.remaining));
+    let tightest = verdicts.iter().filter(|v| !v.policy.shadow).min_by_key(|v| {
+        let d = &v.decision;
+        (d.allowed, std::cmp::Reverse(d.retry_after_ms), d.remaining)
+    });
     let response_headers_to_add = tightest
         .map(headers::for_verdict)
         .unwrap_or_default()
@@ -121,6 +209,24 @@ fn respond(verdicts: &[Option<Verdict>]) -> RateLimitResponse {
     }
 }
 
+fn never_fits(policy: &Policy) -> DescriptorStatus {
+    let windows = policy.limits.windows();
+    let tightest = windows.iter().min_by_key(|w| w.limit()).unwrap_or(&windows[0]);
+    DescriptorStatus {
+        code: Code::OverLimit as i32,
+        current_limit: Some(rate_limit(policy, tightest)),
+        ..Default::default()
+    }
+}
+
+fn rate_limit(policy: &Policy, window: &Window) -> RateLimit {
+    RateLimit {
+        name: policy.name.to_string(),
+        requests_per_unit: window.limit(),
+        unit: unit(window.window_ms()) as i32,
+    }
+}
+
 fn unlimited() -> DescriptorStatus {
     DescriptorStatus { code: Code::Ok as i32, ..Default::default() }
 }
@@ -131,11 +237,7 @@ fn status(verdict: &Verdict) -> DescriptorStatus {
     let reset = std::time::Duration::from_millis(d.window_reset_ms);
     DescriptorStatus {
         code: if d.allowed { Code::Ok } else { Code::OverLimit } as i32,
-        current_limit: Some(RateLimit {
-            name: verdict.policy.name.to_string(),
-            requests_per_unit: window.limit(),
-            unit: unit(window.window_ms()) as i32,
-        }),
+        current_limit: Some(rate_limit(&verdict.policy, &window)),
         limit_remaining: d.remaining,
         duration_until_reset: Some(ProtoDuration {
             seconds: reset.as_secs() as i64,

@@ -2,7 +2,7 @@
 //! `RateLimit-Policy` and `RateLimit` as in the IETF draft
 //! (draft-ietf-httpapi-ratelimit-headers, structured fields), and `Retry-After`.
 
-use crate::limiter::{Policy, Verdict, Window};
+use crate::limiter::{FailureMode, Policy, Verdict, Window};
 
 pub const RATELIMIT_POLICY: &str = "RateLimit-Policy";
 pub const RATELIMIT: &str = "RateLimit";
@@ -15,6 +15,9 @@ pub const RETRY_AFTER: &str = "Retry-After";
 /// - `RateLimit: "<item>";r=<remaining>;t=<seconds until the binding window is empty>`
 ///   for the binding window (the one that denied, or with the fewest units left);
 /// - `Retry-After: <seconds>` when denied: the exact wait, rounded up.
+///
+/// When the store failed: the `open` failure mode sends no headers (nothing was
+/// counted), `closed` sends `RateLimit-Policy` and `Retry-After` only.
 ///
 /// Items are named after the policy; with several windows, `<policy>-<window>`
 /// (e.g. `"gold-1m"`, `"gold-1s"`). Seconds are rounded up, so a client that
@@ -31,9 +34,16 @@ pub fn for_verdict(verdict: &Verdict) -> Vec<(&'static str, String)> {
         .map(|w| format!("\"{}\";q={};w={}", item(policy, w), w.limit(), seconds(w.window_ms())))
         .collect::<Vec<_>>()
         .join(", ");
-    let binding = &windows[usize::from(d.window)];
-    let ratelimit = format!("\"{}\";r={};t={}", item(policy, binding), d.remaining, seconds(d.window_reset_ms));
-    let mut headers = vec![(RATELIMIT_POLICY, policy_value), (RATELIMIT, ratelimit)];
+    let mut headers = vec![(RATELIMIT_POLICY, policy_value)];
+    match verdict.fallback {
+        Some(FailureMode::Open) => return Vec::new(),
+        Some(FailureMode::Closed) => {}
+        _ => {
+            let binding = &windows[usize::from(d.window)];
+            let value = format!("\"{}\";r={};t={}", item(policy, binding), d.remaining, seconds(d.window_reset_ms));
+            headers.push((RATELIMIT, value));
+        }
+    }
     if !d.allowed {
         headers.push((RETRY_AFTER, seconds(d.retry_after_ms).max(1).to_string()));
     }
@@ -65,7 +75,7 @@ mod tests {
 
     fn verdict(policy: Policy, checks: &[WindowCheck], cost: u32) -> Verdict {
         let decision = Decision::assemble(&policy.limits, cost, 100_000, 99_500, checks);
-        Verdict { decision, policy: Arc::new(policy), alias: None, shadow_denied: false }
+        Verdict { decision, policy: Arc::new(policy), alias: None, shadow_denied: false, fallback: None }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub mod pb {
 
 use tonic::Status;
 
-use crate::limiter::{CheckError, Verdict};
+use crate::limiter::{CheckError, FailureMode, Verdict};
 
 impl From<Verdict> for pb::CheckAndConsumeResponse {
     fn from(verdict: Verdict) -> Self {
@@ -39,6 +39,12 @@ impl From<Verdict> for pb::CheckAndConsumeResponse {
             headers,
             policy: verdict.policy.name.to_string(),
             shadow_denied: verdict.shadow_denied,
+            fallback: match verdict.fallback {
+                None => pb::Fallback::None,
+                Some(FailureMode::Open) => pb::Fallback::Open,
+                Some(FailureMode::Closed) => pb::Fallback::Closed,
+                Some(FailureMode::Local) => pb::Fallback::Local,
+            } as i32,
         }
     }
 }

@@ -52,14 +52,14 @@ impl DenyCache {
     /// Every field is exact: until `free_at` no replica can count a unit for the key,
     /// so its history, and with it every wait, only moves with the clock.
     pub fn lookup(&self, key: &Fingerprint, limits: &Limits, cost: u32) -> Option<Decision> {
-        if cost != 1 {
-            return None;
-        }
         let mut shard = lock(self.shard(key));
         let entry = *shard.get(key)?;
         let now = entry.now_ms();
         if entry.limits != *limits || now >= entry.free_at_ms {
             shard.remove(key);
+            return None;
+        }
+        if cost != 1 {
             return None;
         }
         let d = entry.decision;
@@ -74,8 +74,13 @@ impl DenyCache {
     }
 
     /// Remembers the store's denial of a cost-1 request sent at `sent`.
+    /// Any other answer from the store drops the key's entry: it may have counted
+    /// units (under other limits) that the cached waits do not know about.
     pub fn remember(&self, key: &Fingerprint, limits: &Limits, cost: u32, sent: Instant, decision: &Decision) {
         if cost != 1 || decision.allowed || decision.retry_after_ms == 0 {
+            if lock(self.shard(key)).remove(key).is_some() {
+                tracing::trace!(key = %key, "deny cache entry dropped by a newer store answer");
+            }
             return;
         }
         let free_at_ms = decision.decided_at_ms + decision.retry_after_ms;
@@ -140,7 +145,11 @@ mod tests {
         let old = Limits::single(2, Duration::from_secs(60)).unwrap();
         let raised = Limits::single(5, Duration::from_secs(60)).unwrap();
         cache.remember(&key, &old, 1, Instant::now(), &denial(1_000, 50_000));
-        assert!(cache.lookup(&key, &raised, 1).is_none());
-        assert!(cache.lookup(&key, &old, 1).is_none(), "dropped, not kept for later");
+        assert!(cache.lookup(&key, &raised, 3).is_none());
+        assert!(cache.lookup(&key, &old, 1).is_none(), "dropped (whatever the cost), not kept for later");
+        cache.remember(&key, &old, 1, Instant::now(), &denial(1_000, 50_000));
+        let allowed = Decision { allowed: true, retry_after_ms: 0, ..denial(1_000, 0) };
+        cache.remember(&key, &raised, 3, Instant::now(), &allowed);
+        assert!(cache.lookup(&key, &old, 1).is_none(), "a later store answer drops the entry");
     }
 }

@@ -1,18 +1,20 @@
 //! The domain: policies, decisions, input validation and the exactness rule.
 //! Nothing here knows about gRPC or Redis; stores implement [`crate::store::Store`].
 
+mod breaker;
 mod decision;
 mod deny_cache;
 mod fingerprint;
 mod policy;
 mod ring;
 
+pub use breaker::{Breaker, BreakerState, Permit};
 pub use decision::{Decision, Mode, WindowCheck};
 pub use deny_cache::DenyCache;
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use policy::{
-    DEFAULT_POLICY, Limits, MAX_LIMIT, MAX_WINDOW, MAX_WINDOWS, Override, Policies, Policy, PolicyError, Resolved,
-    SharedPolicies, Window,
+    DEFAULT_POLICY, FailureMode, Limits, MAX_LIMIT, MAX_WINDOW, MAX_WINDOWS, Override, Policies, Policy, PolicyError,
+    Resolved, SharedPolicies, Window,
 };
 pub use ring::Ring;
 
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::metrics::{self, CheckResult, InFlight, Throttled};
-use crate::store::{Store, StoreError};
+use crate::store::{MemoryStore, Store, StoreError};
 
 /// The longest `key_id` accepted, in bytes.
 pub const MAX_KEY_ID_BYTES: usize = 256;
@@ -36,6 +38,8 @@ pub struct Verdict {
     /// The key's readable name from the limits file, if it has one.
     pub alias: Option<Arc<str>>,
     pub shadow_denied: bool,
+    /// `Some` when the store failed and the policy's failure mode answered instead.
+    pub fallback: Option<FailureMode>,
 }
 
 /// Why a check produced no decision. Messages name the field and value, never the key.
@@ -61,6 +65,25 @@ pub struct Checked {
     cost: u32,
 }
 
+impl Checked {
+    pub fn key(&self) -> &Fingerprint {
+        &self.key
+    }
+
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.resolved.policy
+    }
+
+    /// Takes the larger cost of two checks of one key (one request counts once per key).
+    pub fn merge(&mut self, other: &Checked) {
+        self.cost = self.cost.max(other.cost);
+    }
+}
+
 /// Validates requests, picks each key's policy and asks the store to decide.
 #[derive(Debug)]
 pub struct Limiter<S> {
@@ -71,12 +94,43 @@ pub struct Limiter<S> {
     deny_cache: Option<DenyCache>,
     /// Whether the store answered last time; the health metric changes only on a flip.
     store_up: AtomicBool,
+    breaker: Breaker,
+    /// The exact in-process store of the `local` failure mode.
+    local: MemoryStore,
+    /// How many replicas share the limits: `local` admits limit / this.
+    expected_replicas: u32,
 }
 
 impl<S: Store> Limiter<S> {
     pub fn new(store: S, policies: SharedPolicies, fingerprinter: Fingerprinter, throttled: Arc<Throttled>) -> Self {
         metrics::store_up(true);
-        Self { store, policies, fingerprinter, throttled, deny_cache: None, store_up: AtomicBool::new(true) }
+        Self {
+            store,
+            policies,
+            fingerprinter,
+            throttled,
+            deny_cache: None,
+            store_up: AtomicBool::new(true),
+            breaker: Breaker::default(),
+            local: MemoryStore::new(),
+            expected_replicas: 1,
+        }
+    }
+
+    /// How many replicas share the store: the `local` failure mode admits each
+    /// window's limit divided by this on each replica.
+    pub fn with_expected_replicas(mut self, replicas: u32) -> Self {
+        self.expected_replicas = replicas.max(1);
+        self
+    }
+
+    /// The in-process store of the `local` failure mode (for eviction).
+    pub fn local_store(&self) -> &MemoryStore {
+        &self.local
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// Answers a key's cost-1 requests locally while a denial from the store proves
@@ -114,9 +168,15 @@ impl<S: Store> Limiter<S> {
     /// Checks a request without deciding it, so that a batch (several Envoy
     /// descriptors) is rejected whole before any part of it is counted.
     pub fn validate(&self, key_id: &str, cost: u32) -> Result<Checked, CheckError> {
+        self.validate_in(&self.policies.current(), key_id, cost)
+    }
+
+    /// The same against a given policy set, so that every part of one request (several
+    /// Envoy descriptors) sees the same one, even if a reload lands meanwhile.
+    pub fn validate_in(&self, policies: &Policies, key_id: &str, cost: u32) -> Result<Checked, CheckError> {
         let key = self.key(key_id).inspect_err(count_invalid)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
-        let resolved = self.policies.lookup(&key);
+        let resolved = policies.lookup(&key);
         let cost = validate_cost(cost, &resolved.policy.limits).inspect_err(count_invalid)?;
         Ok(Checked { key, resolved, cost })
     }
@@ -132,6 +192,13 @@ impl<S: Store> Limiter<S> {
                 Ok(cached)
             }
             None => self.ask_store(&key, limits, cost, mode).await,
+        };
+        let (result, fallback) = match result {
+            Err(CheckError::Store(error)) => {
+                let failure = resolved.policy.failure;
+                (Ok(self.fall_back(&key, limits, cost, mode, failure).await), Some((failure, error)))
+            }
+            other => (other, None),
         };
         let shadow = resolved.policy.shadow;
         let outcome = match &result {
@@ -152,7 +219,55 @@ impl<S: Store> Limiter<S> {
             decision.allowed = true;
             decision.retry_after_ms = 0;
         }
-        Ok(Verdict { decision, policy: resolved.policy, alias: resolved.alias, shadow_denied })
+        let fallback = fallback.map(|(failure, error)| {
+            metrics::fallback(failure, mode == Mode::Consume);
+            tracing::debug!(key = %key, %error, failure = failure.as_str(), "answered by the failure mode");
+            failure
+        });
+        Ok(Verdict { decision, policy: resolved.policy, alias: resolved.alias, shadow_denied, fallback })
+    }
+
+    /// The answer of the policy's failure mode when the store failed. Not remembered
+    /// by the deny cache: only the store's answers prove anything for other replicas.
+    async fn fall_back(
+        &self,
+        key: &Fingerprint,
+        limits: &Limits,
+        cost: u32,
+        mode: Mode,
+        failure: FailureMode,
+    ) -> Decision {
+        let now = local_now_ms();
+        let window = limits.windows()[0];
+        let mut refusal = Decision {
+            allowed: false,
+            limit: window.limit(),
+            remaining: 0,
+            // The breaker's next trial is the earliest the store may answer again.
+            retry_after_ms: (self.breaker.next_trial_in().as_millis() as u64).max(FALLBACK_RETRY_MS),
+            reset_after_ms: 0,
+            decided_at_ms: now,
+            window: 0,
+            window_reset_ms: 0,
+        };
+        match failure {
+            FailureMode::Open => {
+                refusal.allowed = true;
+                refusal.remaining = window.limit();
+                refusal.retry_after_ms = 0;
+                refusal
+            }
+            FailureMode::Closed => refusal,
+            FailureMode::Local => {
+                let divided = limits.divided(self.expected_replicas);
+                if cost > divided.max_cost() {
+                    refusal.limit = divided.max_cost();
+                    return refusal;
+                }
+                // The in-process store cannot fail.
+                self.local.check(key, &divided, cost, mode).await.unwrap_or(refusal)
+            }
+        }
     }
 
     /// Whether the store answered last time (a call or a health probe).
@@ -176,9 +291,27 @@ impl<S: Store> Limiter<S> {
         cost: u32,
         mode: Mode,
     ) -> Result<Decision, CheckError> {
+        let permit = self.breaker.permit();
+        if permit == Permit::Skip {
+            return Err(
+                StoreError::Unavailable("the circuit breaker is open: the store failed repeatedly".into()).into()
+            );
+        }
         let _in_flight = InFlight::start();
         let sent = Instant::now();
         let result = self.store.check(key, limits, cost, mode).await;
+        let transient = matches!(&result, Err(e) if e.is_transient());
+        if let Some(state) = self.breaker.record(permit, transient) {
+            metrics::breaker_open(state == BreakerState::Open);
+            match state {
+                BreakerState::Open => tracing::warn!(
+                    failures = breaker::FAILURES_TO_OPEN,
+                    cool_down = ?breaker::COOL_DOWN,
+                    "circuit breaker open: the store is not called and failure modes answer; one trial call per cool-down"
+                ),
+                BreakerState::Closed => tracing::info!("circuit breaker closed: the store answers again"),
+            }
+        }
         match &result {
             Ok(decision) => {
                 self.note_store_health(true);
@@ -186,9 +319,15 @@ impl<S: Store> Limiter<S> {
                     cache.remember(key, limits, cost, sent, decision);
                 }
             }
+            Err(e) if e.is_transient() => {
+                // Counted in the metrics; the breaker logs when it opens, so an outage
+                // under load does not write a line per call.
+                tracing::debug!(key = %key, error = %e, "store call failed");
+                self.note_store_health(false);
+            }
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "store call failed");
-                self.note_store_health(!e.is_transient());
+                self.note_store_health(true);
             }
         }
         Ok(result?)
@@ -204,6 +343,14 @@ impl<S: Store> Limiter<S> {
         }
         Ok(self.fingerprinter.fingerprint(key_id))
     }
+}
+
+/// The smallest `retry_after_ms` a failure mode's denial gives: the store may be
+/// back by then, and clients should back off rather than spin.
+const FALLBACK_RETRY_MS: u64 = 1_000;
+
+fn local_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn count_invalid(error: &CheckError) {
@@ -291,7 +438,8 @@ mod tests {
             .with_deny_cache();
         assert!(!limiter.check_and_consume("k", 1).await.unwrap().decision.allowed, "denied, and cached");
         limiter.store().down.store(true, Ordering::Relaxed);
-        assert!(limiter.check_and_consume("k", 2).await.is_err(), "cost 2 goes to the store, which is down");
+        let fell_back = limiter.check_and_consume("k", 2).await.unwrap();
+        assert_eq!(fell_back.fallback, Some(FailureMode::Local), "cost 2 goes to the store, which is down");
         assert!(!limiter.store_is_up());
         assert!(!limiter.check_and_consume("k", 1).await.unwrap().decision.allowed, "answered from the cache");
         assert!(!limiter.store_is_up(), "a cache hit must not mark a down store as up");

@@ -107,20 +107,56 @@ impl Limits {
     pub fn longest_ms(&self) -> u64 {
         self.windows[0].window_ms
     }
+
+    /// Each window's limit divided among `replicas` (at least 1 each): what one
+    /// replica may admit on its own so that `replicas` of them stay within the limit.
+    pub fn divided(&self, replicas: u32) -> Self {
+        let mut divided = *self;
+        for window in &mut divided.windows[..usize::from(self.len)] {
+            window.limit = (window.limit / replicas.max(1)).max(1);
+        }
+        divided
+    }
 }
 
-/// A named policy: its windows, and whether it only reports (shadow mode: decisions
-/// are computed and counted but every request is allowed).
+/// What a check answers when the store fails or misses its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Allow: the API stays up, unprotected, while the store is down.
+    Open,
+    /// Deny: the API is protected, and down for the keys it protects.
+    Closed,
+    /// Each replica enforces limit / expected replicas on its own exact in-process
+    /// store: protected and up; over only if more replicas run than expected.
+    #[default]
+    Local,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// A named policy: its windows, whether it only reports (shadow mode: decisions
+/// are computed and counted but every request is allowed), and what to do when the
+/// store fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: Arc<str>,
     pub limits: Limits,
     pub shadow: bool,
+    pub failure: FailureMode,
 }
 
 impl Policy {
     pub fn new(name: &str, limits: Limits) -> Self {
-        Self { name: name.into(), limits, shadow: false }
+        Self { name: name.into(), limits, shadow: false, failure: FailureMode::default() }
     }
 
     /// The default policy with one window: what `--limit` and `--window` give.

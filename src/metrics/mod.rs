@@ -30,6 +30,8 @@ pub const REDIS_CALL_DURATION: &str = "ratelimitd_redis_call_duration_seconds";
 pub const REDIS_ERRORS: &str = "ratelimitd_redis_errors_total";
 pub const STORE_UP: &str = "ratelimitd_store_up";
 pub const DENY_CACHE_HITS: &str = "ratelimitd_deny_cache_hits_total";
+pub const FALLBACKS: &str = "ratelimitd_fallback_decisions_total";
+pub const BREAKER_OPEN: &str = "ratelimitd_circuit_breaker_open";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
 pub const CONFIG_LAST_SUCCESS: &str = "ratelimitd_config_last_load_success_timestamp_seconds";
 pub const CONFIG_VALID: &str = "ratelimitd_config_valid";
@@ -48,6 +50,8 @@ pub const ALL: &[&str] = &[
     REDIS_ERRORS,
     STORE_UP,
     DENY_CACHE_HITS,
+    FALLBACKS,
+    BREAKER_OPEN,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
     CONFIG_VALID,
@@ -111,6 +115,11 @@ fn describe() {
     describe_counter!(REDIS_ERRORS, "Failed Redis calls by kind (timeout, unavailable, failed).");
     describe_gauge!(STORE_UP, "1 if the last store call or health probe succeeded, else 0.");
     describe_counter!(DENY_CACHE_HITS, "Denials answered from the local deny cache, without a store call.");
+    describe_counter!(
+        FALLBACKS,
+        "Checks answered by the policy's failure mode (open, closed, local) because the store failed, by mode and call (check, peek)."
+    );
+    describe_gauge!(BREAKER_OPEN, "1 while the circuit breaker keeps calls away from a failing store, else 0.");
     describe_counter!(CONFIG_LOADS, "Configuration loads by result (success, failure).");
     describe_gauge!(CONFIG_LAST_SUCCESS, "Unix time of the last successful configuration load.");
     describe_gauge!(
@@ -167,6 +176,15 @@ pub fn invalid_request(field: &'static str) {
 
 pub fn deny_cache_hit() {
     hot().deny_cache_hits.increment(1);
+}
+
+pub fn fallback(mode: crate::limiter::FailureMode, consume: bool) {
+    let call = if consume { "check" } else { "peek" };
+    counter!(FALLBACKS, "mode" => mode.as_str(), "call" => call).increment(1);
+}
+
+pub fn breaker_open(open: bool) {
+    gauge!(BREAKER_OPEN).set(if open { 1.0 } else { 0.0 });
 }
 
 pub fn store_up(up: bool) {

@@ -121,7 +121,10 @@ impl Backend {
         args.extend(["--fingerprint-secret", "test-secret"]);
         let url = self.redis.as_ref().map(Redis::url);
         if let Some(url) = &url {
-            args.extend(["--redis-url", url, "--redis-timeout", "2s"]);
+            args.extend(["--redis-url", url]);
+            if !extra.contains(&"--redis-timeout") {
+                args.extend(["--redis-timeout", "2s"]);
+            }
         }
         args.extend(extra);
         Config::from_cli(Cli::try_parse_from(args).expect("test flags parse")).expect("valid test config")

@@ -66,6 +66,14 @@ impl Process {
         assert!(kill.is_ok_and(|s| s.success()), "kill -{name} failed");
     }
 
+    /// Kills the process (SIGKILL: no drain, as a crashed or evicted replica).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill ratelimitd");
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;

@@ -1,0 +1,127 @@
+//! The circuit breaker in front of the store: after a few transient failures in a
+//! row it stops calling the store, so a dead or hung Redis adds no latency to each
+//! check (the failure policy answers at once), and lets one trial call through
+//! every cool-down to find out whether the store is back.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::lock;
+
+/// Transient failures in a row that open the breaker.
+pub const FAILURES_TO_OPEN: u32 = 3;
+/// How long the breaker stays open before it lets one trial call through.
+pub const COOL_DOWN: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    /// Calls skip the store until `until`; then one trial goes through.
+    Open,
+}
+
+#[derive(Debug)]
+struct Inner {
+    failures: u32,
+    /// `Some` while open: when the next trial call may go.
+    open_until: Option<Instant>,
+    /// A trial call is in flight; others keep skipping the store until it returns.
+    trial: bool,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    inner: Mutex<Inner>,
+    cool_down: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self::new(COOL_DOWN)
+    }
+}
+
+/// Whether a call may go to the store, and whether it is the trial of an open breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    Call,
+    Trial,
+    Skip,
+}
+
+impl Breaker {
+    pub fn new(cool_down: Duration) -> Self {
+        Self { inner: Mutex::new(Inner { failures: 0, open_until: None, trial: false }), cool_down }
+    }
+
+    pub fn permit(&self) -> Permit {
+        let mut inner = lock(&self.inner);
+        match inner.open_until {
+            None => Permit::Call,
+            Some(until) if !inner.trial && Instant::now() >= until => {
+                inner.trial = true;
+                Permit::Trial
+            }
+            Some(_) => Permit::Skip,
+        }
+    }
+
+    /// Records a call's outcome: `transient_failure` for a store that did not answer.
+    /// Returns the new state when it changed.
+    pub fn record(&self, permit: Permit, transient_failure: bool) -> Option<BreakerState> {
+        let mut inner = lock(&self.inner);
+        if permit == Permit::Trial {
+            inner.trial = false;
+        }
+        let was_open = inner.open_until.is_some();
+        if !transient_failure {
+            inner.failures = 0;
+            inner.open_until = None;
+            return was_open.then_some(BreakerState::Closed);
+        }
+        inner.failures = inner.failures.saturating_add(1);
+        if was_open || inner.failures >= FAILURES_TO_OPEN {
+            inner.open_until = Some(Instant::now() + self.cool_down);
+            return (!was_open).then_some(BreakerState::Open);
+        }
+        None
+    }
+
+    pub fn state(&self) -> BreakerState {
+        if lock(&self.inner).open_until.is_some() { BreakerState::Open } else { BreakerState::Closed }
+    }
+
+    /// How long until the next trial call (0 when closed).
+    pub fn next_trial_in(&self) -> Duration {
+        lock(&self.inner).open_until.map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_failures_in_a_row_and_closes_after_a_good_trial() {
+        let breaker = Breaker::new(Duration::from_millis(20));
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            assert_eq!(breaker.record(breaker.permit(), true), None);
+        }
+        assert_eq!(breaker.record(Permit::Call, false), None, "a success resets the count");
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            breaker.record(breaker.permit(), true);
+        }
+        assert_eq!(breaker.record(breaker.permit(), true), Some(BreakerState::Open));
+        assert_eq!(breaker.permit(), Permit::Skip, "open: the store is not called");
+        std::thread::sleep(Duration::from_millis(25));
+        let trial = breaker.permit();
+        assert_eq!(trial, Permit::Trial);
+        assert_eq!(breaker.permit(), Permit::Skip, "one trial at a time");
+        assert_eq!(breaker.record(trial, true), None, "a failed trial keeps it open");
+        assert_eq!(breaker.permit(), Permit::Skip, "for another cool-down");
+        std::thread::sleep(Duration::from_millis(25));
+        let trial = breaker.permit();
+        assert_eq!(breaker.record(trial, false), Some(BreakerState::Closed));
+        assert_eq!(breaker.permit(), Permit::Call);
+    }
+}
