@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Our codec maps a request that does not decode to INVALID_ARGUMENT (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .file_descriptor_set_path(out.join("ratelimit_descriptor.bin"))
         .compile_protos(&["proto/ratelimit/v1/ratelimit.proto"], &["proto"])?;
     Ok(())

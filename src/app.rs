@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::{Config, StoreConfig};
 use crate::grpc::envoy::RateLimitServiceServer;
@@ -26,6 +26,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// How often the in-process store drops keys whose window has passed, and the
 /// deny cache the denials that time has undone.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
+/// HTTP/2 pings find connections whose client vanished (their streams are then freed).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often gRPC health catches up with the store's health.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often an idle replica checks that Redis still answers.
@@ -43,6 +46,8 @@ pub enum AppError {
     MetricsEndpoint(std::io::Error),
     #[error("cannot set up server reflection: {0}")]
     Reflection(String),
+    #[error("--tls-cert, --tls-key or --tls-client-ca do not make a usable TLS configuration: {0}")]
+    Tls(tonic::transport::Error),
 }
 
 /// The already-bound sockets to serve on (tests bind port 0).
@@ -162,7 +167,14 @@ async fn serve<S: Store>(
     // listeners tonic binds itself): with Nagle on, a response written while an earlier
     // one is unacknowledged waits for the client's delayed ACK, 40 ms.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let mut builder = Server::builder()
+        .timeout(config.request_timeout)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls_config(tls)).map_err(AppError::Tls)?;
+    }
+    let server = builder
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(service)
         .add_service(envoy)
@@ -182,6 +194,14 @@ async fn serve<S: Store>(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn tls_config(tls: &crate::config::TlsFiles) -> ServerTlsConfig {
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+    match &tls.client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+        None => config,
+    }
 }
 
 /// Resolves once shutdown is signalled (or its sender is gone).

@@ -28,6 +28,24 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
 
+    /// PEM certificate chain of the gRPC port: with --tls-key, the port speaks TLS only.
+    #[arg(long, env = "RATELIMITD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RATELIMITD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates that client certificates must chain to: turns on mutual TLS
+    /// (a client without such a certificate is refused). Needs --tls-cert.
+    #[arg(long, env = "RATELIMITD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Server-side bound on each gRPC call, receiving the request included: a call (or a
+    /// client that opens a stream and never sends) is ended with CANCELLED after it.
+    #[arg(long, env = "RATELIMITD_REQUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// Redis to share limits through: redis://[user:password@]host:port[/db] (TLS, rediss://, is not
     /// supported yet).
     /// Without it, limits are kept in this process only.

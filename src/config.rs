@@ -14,6 +14,9 @@ use crate::store::redis::RedisOptions;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS of the gRPC port; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+    pub request_timeout: Duration,
     pub metrics_listen: SocketAddr,
     pub store: StoreConfig,
     /// The live policies; replacing them changes limits without a restart.
@@ -30,6 +33,21 @@ pub struct Config {
     pub deny_cache: bool,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+}
+
+/// The PEM contents of the gRPC port's TLS files, read at start-up.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// Mutual TLS: client certificates must chain to these.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles").field("mutual", &self.client_ca.is_some()).finish_non_exhaustive()
+    }
 }
 
 /// The limits file and what applies where it says nothing.
@@ -76,6 +94,10 @@ pub enum ConfigError {
     NearLimitFraction(f64),
     #[error("--fingerprint-secret-file {path}: {source}")]
     SecretFile { path: String, source: std::io::Error },
+    #[error("{flag} {path}: {source}")]
+    TlsFile { flag: &'static str, path: String, source: std::io::Error },
+    #[error("--request-timeout must be between 10ms and 1h, got {0:?}")]
+    RequestTimeout(Duration),
     #[error(transparent)]
     Limits(#[from] LimitsError),
     #[error("--limits-poll-interval must be at least 100ms, got {0:?}")]
@@ -129,8 +151,13 @@ impl Config {
         if cli.envoy_api_key_entry.is_empty() {
             return Err(ConfigError::EnvoyApiKeyEntry);
         }
+        if cli.request_timeout < Duration::from_millis(10) || cli.request_timeout > Duration::from_secs(3600) {
+            return Err(ConfigError::RequestTimeout(cli.request_timeout));
+        }
         Ok(Self {
             listen: cli.listen,
+            tls: tls_files(&cli)?,
+            request_timeout: cli.request_timeout,
             metrics_listen: cli.metrics_listen,
             store,
             policies: SharedPolicies::new(policies),
@@ -169,6 +196,15 @@ pub fn fingerprint(cli: &Cli, input: &str) -> Result<String, ConfigError> {
         return Err(ConfigError::FingerprintInput(reason));
     }
     Ok(Fingerprinter::new(&secret).fingerprint(key).to_string())
+}
+
+fn tls_files(cli: &Cli) -> Result<Option<TlsFiles>, ConfigError> {
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ConfigError::TlsFile { flag, path: path.display().to_string(), source })
+    };
+    let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) else { return Ok(None) };
+    let client_ca = cli.tls_client_ca.as_ref().map(|ca| read("--tls-client-ca", ca)).transpose()?;
+    Ok(Some(TlsFiles { cert: read("--tls-cert", cert)?, key: read("--tls-key", key)?, client_ca }))
 }
 
 fn throttle_options(cli: &Cli) -> Result<ThrottleOptions, ConfigError> {
@@ -237,6 +273,8 @@ mod tests {
             (&["--limits-file", "/nonexistent/limits.yaml"], "--limits-file"),
             (&["--limits-file", "/dev/null", "--limits-poll-interval", "1ms"], "--limits-poll-interval"),
             (&["--envoy-api-key-entry", ""], "--envoy-api-key-entry"),
+            (&["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], "--tls-cert"),
+            (&["--request-timeout", "1ms"], "--request-timeout"),
         ];
         for (args, flag) in cases {
             let message = parse(args).expect_err("must be rejected").to_string();

@@ -1,6 +1,7 @@
 //! The gRPC face: the generated code, the `RateLimiter` service, and the one place
 //! where domain decisions and errors become protobuf messages and statuses.
 
+pub mod codec;
 pub mod envoy;
 pub mod headers;
 mod health;

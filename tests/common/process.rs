@@ -25,6 +25,11 @@ pub struct Process {
 impl Process {
     /// Starts `ratelimitd` on free loopback ports with `args` and `RUST_LOG=debug`.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_logging(args, "debug")
+    }
+
+    /// The same at another log level (`RUST_LOG`).
+    pub fn start_logging(args: &[&str], level: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("ratelimitd.log");
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -32,7 +37,7 @@ impl Process {
         let child = Command::new(BIN)
             .args(["--listen", &grpc.to_string(), "--metrics-listen", &metrics.to_string()])
             .args(args)
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"))
             .spawn()
