@@ -46,11 +46,26 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_REQUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
-    /// Redis to share limits through: redis://[user:password@]host:port[/db] (TLS, rediss://, is not
-    /// supported yet).
-    /// Without it, limits are kept in this process only.
+    /// Redis to share limits through: redis://[user[:password]@]host:port[/db], or rediss:// for
+    /// TLS. Without it, limits are kept in this process only. Never logged.
     #[arg(long, env = "RATELIMITD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// File holding the Redis (ACL) password, instead of putting it in --redis-url.
+    #[arg(long, env = "RATELIMITD_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// PEM CA certificates to verify a rediss:// server with, instead of the system's.
+    #[arg(long, env = "RATELIMITD_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for Redis servers that require one (rediss:// only).
+    #[arg(long, env = "RATELIMITD_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert.
+    #[arg(long, env = "RATELIMITD_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    pub redis_client_key: Option<PathBuf>,
 
     /// Prefix of every Redis key ratelimitd writes; each key is <prefix>{<key fingerprint>}.
     #[arg(long, env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "ratelimitd:")]

@@ -9,7 +9,7 @@ use crate::cli::{Cli, LogFormat};
 use crate::limiter::{Fingerprinter, MAX_KEY_ID_BYTES, Policies, Policy, PolicyError, SharedPolicies};
 use crate::limits::LimitsError;
 use crate::metrics::ThrottleOptions;
-use crate::store::redis::RedisOptions;
+use crate::store::redis::{RedisOptions, RedisTls};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -77,10 +77,12 @@ pub enum ConfigError {
     Window(Duration),
     #[error("--redis-timeout must be at least 1ms, got {0:?}")]
     RedisTimeout(Duration),
-    #[error("--redis-url must start with redis:// (the value is not shown: it may hold a password)")]
+    #[error("--redis-url must start with redis:// or rediss:// (the value is not shown: it may hold a password)")]
     RedisUrl,
-    #[error("--redis-url: rediss:// (TLS to Redis) is not supported yet; use redis:// on a trusted network")]
-    RedisTls,
+    #[error("{0} needs a rediss:// --redis-url (TLS to Redis)")]
+    RedisTlsOption(&'static str),
+    #[error("{flag} {path}: {source}")]
+    RedisFile { flag: &'static str, path: String, source: std::io::Error },
     #[error(
         "--fingerprint-secret (or --fingerprint-secret-file) is required with --redis-url: \
          every replica sharing the Redis must name keys with the same secret"
@@ -125,12 +127,12 @@ impl Config {
         let store = match cli.redis_url.clone() {
             None => StoreConfig::Memory,
             Some(url) => {
-                if url.starts_with("rediss://") {
-                    return Err(ConfigError::RedisTls);
-                }
-                if !url.starts_with("redis://") {
+                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
                     return Err(ConfigError::RedisUrl);
                 }
+                let tls = redis_tls(&cli, url.starts_with("rediss://"))?;
+                let password = read_redis_file(&cli.redis_password_file, "--redis-password-file")?
+                    .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned());
                 if secret.is_none() {
                     return Err(ConfigError::MissingSecret);
                 }
@@ -142,6 +144,8 @@ impl Config {
                     key_prefix: cli.redis_key_prefix.clone(),
                     timeout: cli.redis_timeout,
                     connections: cli.redis_connections.into(),
+                    tls,
+                    password,
                 })
             }
         };
@@ -196,6 +200,33 @@ pub fn fingerprint(cli: &Cli, input: &str) -> Result<String, ConfigError> {
         return Err(ConfigError::FingerprintInput(reason));
     }
     Ok(Fingerprinter::new(&secret).fingerprint(key).to_string())
+}
+
+fn read_redis_file(path: &Option<std::path::PathBuf>, flag: &'static str) -> Result<Option<Vec<u8>>, ConfigError> {
+    let Some(path) = path else { return Ok(None) };
+    std::fs::read(path).map(Some).map_err(|source| ConfigError::RedisFile {
+        flag,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The CA and client certificate for rediss://; refused with redis://, where they would
+/// silently do nothing.
+fn redis_tls(cli: &Cli, rediss: bool) -> Result<Option<RedisTls>, ConfigError> {
+    if !rediss {
+        if cli.redis_ca_file.is_some() {
+            return Err(ConfigError::RedisTlsOption("--redis-ca-file"));
+        }
+        if cli.redis_client_cert.is_some() {
+            return Err(ConfigError::RedisTlsOption("--redis-client-cert"));
+        }
+        return Ok(None);
+    }
+    let ca = read_redis_file(&cli.redis_ca_file, "--redis-ca-file")?;
+    let cert = read_redis_file(&cli.redis_client_cert, "--redis-client-cert")?;
+    let key = read_redis_file(&cli.redis_client_key, "--redis-client-key")?;
+    Ok(Some(RedisTls { ca, client: cert.zip(key) }))
 }
 
 fn tls_files(cli: &Cli) -> Result<Option<TlsFiles>, ConfigError> {
@@ -263,7 +294,14 @@ mod tests {
             (&["--window", "1500us"], "--window"),
             (&["--redis-url", "redis://h:6379"], "--fingerprint-secret"),
             (&["--redis-url", "http://user:hunter2@h", "--fingerprint-secret", "s"], "--redis-url"),
-            (&["--redis-url", "rediss://user:hunter2@h", "--fingerprint-secret", "s"], "--redis-url"),
+            (
+                &["--redis-url", "redis://user:hunter2@h", "--fingerprint-secret", "s", "--redis-ca-file", "/x"],
+                "--redis-ca-file",
+            ),
+            (
+                &["--redis-url", "rediss://u:hunter2@h", "--fingerprint-secret", "s", "--redis-ca-file", "/x"],
+                "--redis-ca-file",
+            ),
             (&["--redis-url", "redis://h", "--fingerprint-secret", "s", "--redis-timeout", "0s"], "--redis-timeout"),
             (&["--fingerprint-secret", ""], "--fingerprint-secret"),
             (&["--fingerprint-secret-file", "/nonexistent/secret"], "--fingerprint-secret-file"),

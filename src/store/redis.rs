@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::{Connection, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Connection, Manager, Pool, PoolConfig, Runtime, Timeouts};
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{IntoConnectionInfo, TlsCertificates};
 use tokio::sync::RwLock;
 
 use super::{Store, StoreError};
@@ -28,6 +29,28 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Multiplexed connections; each pipelines any number of concurrent calls.
     pub connections: usize,
+    /// For rediss:// URLs: how to verify the server, and a client certificate.
+    pub tls: Option<RedisTls>,
+    /// The ACL password, when it does not come in the URL.
+    pub password: Option<String>,
+}
+
+/// PEM material for TLS to Redis.
+#[derive(Clone)]
+pub struct RedisTls {
+    /// CA certificates to verify the server with; `None` uses the system's.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key, for servers that require one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
 }
 
 /// Connections come from a deadpool-redis pool (which creates them within the
@@ -57,10 +80,12 @@ impl RedisStore {
             Timeouts { wait: Some(options.timeout), create: Some(options.timeout), recycle: Some(options.timeout) };
         let mut pool_config = PoolConfig::new(options.connections);
         pool_config.timeouts = timeouts;
-        let mut config = deadpool_redis::Config::from_url(options.url);
-        config.pool = Some(pool_config);
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
+        let manager = Manager::new(connection_info(&options)?)
+            .map_err(|e| StoreError::Failed(format!("invalid Redis configuration: {e}")))?;
+        let pool = Pool::builder(manager)
+            .config(pool_config)
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|e| StoreError::Failed(format!("invalid Redis configuration: {e}")))?;
         Ok(Self {
             pool,
@@ -236,6 +261,28 @@ impl Store for RedisStore {
         metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
         decode(limits, cost, &reply?)
     }
+}
+
+/// Where and how to connect: the URL, the password from its file, and TLS material.
+/// Errors never show the URL (it may hold a password).
+fn connection_info(options: &RedisOptions) -> Result<redis::ConnectionInfo, StoreError> {
+    let invalid = |e: RedisError| StoreError::Failed(format!("--redis-url is not a valid Redis URL ({:?})", e.kind()));
+    let mut info = options.url.as_str().into_connection_info().map_err(invalid)?;
+    if let Some(password) = &options.password {
+        let settings = info.redis_settings().clone().set_password(password);
+        info = info.set_redis_settings(settings);
+    }
+    let Some(tls) = &options.tls else { return Ok(info) };
+    let certificates = TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+        root_cert: tls.ca.clone(),
+    };
+    let client = redis::Client::build_with_tls(info, certificates)
+        .map_err(|e| StoreError::Failed(format!("the Redis TLS files are not usable: {e}")))?;
+    Ok(client.get_connection_info().clone())
 }
 
 /// Transient failures (connection, loading, failover) may succeed on retry; the
