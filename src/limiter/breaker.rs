@@ -87,6 +87,22 @@ impl Breaker {
         None
     }
 
+    /// A permit to call the store, or `None` while the breaker is open. The attempt
+    /// must be finished with its outcome; one dropped unfinished (the caller went away)
+    /// releases its trial, so the breaker is never left waiting for it.
+    pub fn attempt(&self) -> Option<Attempt<'_>> {
+        match self.permit() {
+            Permit::Skip => None,
+            permit => Some(Attempt { breaker: self, permit, finished: false }),
+        }
+    }
+
+    fn abandon(&self, permit: Permit) {
+        if permit == Permit::Trial {
+            lock(&self.inner).trial = false;
+        }
+    }
+
     pub fn state(&self) -> BreakerState {
         if lock(&self.inner).open_until.is_some() { BreakerState::Open } else { BreakerState::Closed }
     }
@@ -94,6 +110,30 @@ impl Breaker {
     /// How long until the next trial call (0 when closed).
     pub fn next_trial_in(&self) -> Duration {
         lock(&self.inner).open_until.map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// One call to the store under the breaker.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    breaker: &'a Breaker,
+    permit: Permit,
+    finished: bool,
+}
+
+impl Attempt<'_> {
+    /// Records the outcome; returns the breaker's new state when it changed.
+    pub fn finish(mut self, transient_failure: bool) -> Option<BreakerState> {
+        self.finished = true;
+        self.breaker.record(self.permit, transient_failure)
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.breaker.abandon(self.permit);
+        }
     }
 }
 
@@ -123,5 +163,18 @@ mod tests {
         let trial = breaker.permit();
         assert_eq!(breaker.record(trial, false), Some(BreakerState::Closed));
         assert_eq!(breaker.permit(), Permit::Call);
+    }
+
+    #[test]
+    fn an_abandoned_trial_lets_the_next_one_through() {
+        let breaker = Breaker::new(Duration::from_millis(1));
+        for _ in 0..FAILURES_TO_OPEN {
+            breaker.attempt().expect("closed").finish(true);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        let trial = breaker.attempt().expect("the trial");
+        assert!(breaker.attempt().is_none(), "one trial at a time");
+        drop(trial); // the caller went away mid-call
+        assert!(breaker.attempt().is_some(), "the breaker does not wait for an abandoned trial");
     }
 }

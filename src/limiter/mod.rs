@@ -8,7 +8,7 @@ mod fingerprint;
 mod policy;
 mod ring;
 
-pub use breaker::{Breaker, BreakerState, Permit};
+pub use breaker::{Attempt, Breaker, BreakerState, Permit};
 pub use decision::{Decision, Mode, WindowCheck};
 pub use deny_cache::DenyCache;
 pub use fingerprint::{Fingerprint, Fingerprinter};
@@ -291,17 +291,14 @@ impl<S: Store> Limiter<S> {
         cost: u32,
         mode: Mode,
     ) -> Result<Decision, CheckError> {
-        let permit = self.breaker.permit();
-        if permit == Permit::Skip {
-            return Err(
-                StoreError::Unavailable("the circuit breaker is open: the store failed repeatedly".into()).into()
-            );
-        }
+        let Some(attempt) = self.breaker.attempt() else {
+            return Err(StoreError::Unavailable("the circuit breaker is open: the store failed repeatedly".into()).into());
+        };
         let _in_flight = InFlight::start();
         let sent = Instant::now();
         let result = self.store.check(key, limits, cost, mode).await;
         let transient = matches!(&result, Err(e) if e.is_transient());
-        if let Some(state) = self.breaker.record(permit, transient) {
+        if let Some(state) = attempt.finish(transient) {
             metrics::breaker_open(state == BreakerState::Open);
             match state {
                 BreakerState::Open => tracing::warn!(
