@@ -14,7 +14,7 @@ use crate::config::{Config, StoreConfig};
 use crate::grpc::envoy::RateLimitServiceServer;
 use crate::grpc::pb::rate_limiter_server::RateLimiterServer;
 use crate::grpc::{EnvoyRateLimitService, Health, RateLimiterService};
-use crate::limiter::Limiter;
+use crate::limiter::{FailureMode, Limiter};
 use crate::metrics::{self, Exposition, MetricsError, Throttled};
 use crate::reload;
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -118,9 +118,16 @@ async fn serve_on_store(
         }
         StoreConfig::Redis(options) => {
             let store = RedisStore::new(options.clone())?;
+            let mode = options.endpoint.mode();
             match store.prepare().await {
-                Ok(()) => tracing::info!(key_prefix = %options.key_prefix, "Redis store ready; limits are shared"),
-                Err(e) => tracing::error!(error = %e, "Redis not reachable yet; calls get UNAVAILABLE until it is"),
+                Ok(()) => tracing::info!(key_prefix = %options.key_prefix, mode, "Redis store ready; limits are shared"),
+                Err(e) => tracing::error!(error = %e, "Redis not reachable yet; failure modes answer until it is"),
+            }
+            if config.expected_replicas == 1 && config.policies.current().default.failure == FailureMode::Local {
+                tracing::warn!(
+                    "failure mode local with --expected-replicas 1: while Redis is down each replica admits a whole \
+                     limit; set it to the number of replicas sharing this Redis"
+                );
             }
             let mut limiter = Limiter::new(store, policies, fingerprinter, throttled)
                 .with_expected_replicas(config.expected_replicas);

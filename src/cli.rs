@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum, value_parser};
 
-#[derive(Debug, Clone, Parser)]
+#[derive(Clone, Parser)]
 #[command(
     name = "ratelimitd",
     version,
@@ -50,6 +50,22 @@ pub struct Cli {
     /// TLS. Without it, limits are kept in this process only. Never logged.
     #[arg(long, env = "RATELIMITD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Redis Cluster seed nodes instead of --redis-url, comma-separated
+    /// (redis://host:6379,redis://host2:6379); the rest of the cluster is discovered.
+    #[arg(long, env = "RATELIMITD_REDIS_CLUSTER_NODES", value_delimiter = ',', hide_env_values = true,
+          conflicts_with_all = ["redis_url", "redis_sentinels"])]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Sentinels instead of --redis-url, comma-separated (redis://host:26379,...): the
+    /// service uses the master they name --redis-sentinel-master and follows failovers.
+    #[arg(long, env = "RATELIMITD_REDIS_SENTINELS", value_delimiter = ',', hide_env_values = true,
+          conflicts_with = "redis_url", requires = "redis_sentinel_master")]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master name the sentinels monitor (e.g. mymaster).
+    #[arg(long, env = "RATELIMITD_REDIS_SENTINEL_MASTER", requires = "redis_sentinels")]
+    pub redis_sentinel_master: Option<String>,
 
     /// File holding the Redis (ACL) password, instead of putting it in --redis-url.
     #[arg(long, env = "RATELIMITD_REDIS_PASSWORD_FILE")]
@@ -152,6 +168,14 @@ pub struct Cli {
     /// On SIGTERM or SIGINT, how long in-flight calls may take to finish before exiting.
     #[arg(long, env = "RATELIMITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// Secrets may come on the command line (the fingerprint secret, a Redis URL with a
+/// password): the command line is not printed.
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli").field("command", &self.command).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]

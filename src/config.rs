@@ -9,7 +9,7 @@ use crate::cli::{Cli, LogFormat};
 use crate::limiter::{Fingerprinter, MAX_KEY_ID_BYTES, Policies, Policy, PolicyError, SharedPolicies};
 use crate::limits::LimitsError;
 use crate::metrics::ThrottleOptions;
-use crate::store::redis::{RedisOptions, RedisTls};
+use crate::store::redis::{RedisEndpoint, RedisOptions, RedisTls};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -77,9 +77,11 @@ pub enum ConfigError {
     Window(Duration),
     #[error("--redis-timeout must be at least 1ms, got {0:?}")]
     RedisTimeout(Duration),
-    #[error("--redis-url must start with redis:// or rediss:// (the value is not shown: it may hold a password)")]
-    RedisUrl,
-    #[error("{0} needs a rediss:// --redis-url (TLS to Redis)")]
+    #[error("{0}: every URL must start with redis:// or rediss:// (values are not shown: they may hold passwords)")]
+    RedisUrlOf(&'static str),
+    #[error("--redis-sentinel-master must name the master the sentinels monitor")]
+    SentinelMaster,
+    #[error("{0} needs a rediss:// --redis-url (TLS to one Redis; not yet with Cluster or Sentinel)")]
     RedisTlsOption(&'static str),
     #[error("{flag} {path}: {source}")]
     RedisFile { flag: &'static str, path: String, source: std::io::Error },
@@ -98,6 +100,8 @@ pub enum ConfigError {
     SecretFile { path: String, source: std::io::Error },
     #[error("{flag} {path}: {source}")]
     TlsFile { flag: &'static str, path: String, source: std::io::Error },
+    #[error("--redis-timeout ({0:?}) must be shorter than --request-timeout ({1:?})")]
+    RedisTimeoutOverRequest(Duration, Duration),
     #[error("--request-timeout must be between 10ms and 1h, got {0:?}")]
     RequestTimeout(Duration),
     #[error(transparent)]
@@ -124,13 +128,11 @@ impl Config {
         default.failure = cli.failure_mode.into();
         let secret = read_secret(&cli)?;
         let throttle = throttle_options(&cli)?;
-        let store = match cli.redis_url.clone() {
+        let store = match redis_endpoint(&cli)? {
             None => StoreConfig::Memory,
-            Some(url) => {
-                if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-                    return Err(ConfigError::RedisUrl);
-                }
-                let tls = redis_tls(&cli, url.starts_with("rediss://"))?;
+            Some(endpoint) => {
+                let rediss = matches!(&endpoint, RedisEndpoint::Url(url) if url.starts_with("rediss://"));
+                let tls = redis_tls(&cli, rediss)?;
                 let password = read_redis_file(&cli.redis_password_file, "--redis-password-file")?
                     .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned());
                 if secret.is_none() {
@@ -140,7 +142,7 @@ impl Config {
                     return Err(ConfigError::RedisTimeout(cli.redis_timeout));
                 }
                 StoreConfig::Redis(RedisOptions {
-                    url,
+                    endpoint,
                     key_prefix: cli.redis_key_prefix.clone(),
                     timeout: cli.redis_timeout,
                     connections: cli.redis_connections.into(),
@@ -157,6 +159,11 @@ impl Config {
         }
         if cli.request_timeout < Duration::from_millis(10) || cli.request_timeout > Duration::from_secs(3600) {
             return Err(ConfigError::RequestTimeout(cli.request_timeout));
+        }
+        if matches!(store, StoreConfig::Redis(_)) && cli.redis_timeout >= cli.request_timeout {
+            // Else a call could be cut off while its Redis call still runs, and never
+            // reach its failure mode (nor tell the circuit breaker how Redis is doing).
+            return Err(ConfigError::RedisTimeoutOverRequest(cli.redis_timeout, cli.request_timeout));
         }
         Ok(Self {
             listen: cli.listen,
@@ -200,6 +207,32 @@ pub fn fingerprint(cli: &Cli, input: &str) -> Result<String, ConfigError> {
         return Err(ConfigError::FingerprintInput(reason));
     }
     Ok(Fingerprinter::new(&secret).fingerprint(key).to_string())
+}
+
+/// Where Redis is: `--redis-url`, `--redis-cluster-nodes` or `--redis-sentinels` (clap
+/// lets at most one through); every URL must be redis:// or rediss://.
+fn redis_endpoint(cli: &Cli) -> Result<Option<RedisEndpoint>, ConfigError> {
+    let check = |flag: &'static str, urls: &[String]| {
+        let valid = urls.iter().all(|url| url.starts_with("redis://") || url.starts_with("rediss://"));
+        if valid { Ok(()) } else { Err(ConfigError::RedisUrlOf(flag)) }
+    };
+    if let Some(url) = &cli.redis_url {
+        check("--redis-url", std::slice::from_ref(url))?;
+        return Ok(Some(RedisEndpoint::Url(url.clone())));
+    }
+    if !cli.redis_cluster_nodes.is_empty() {
+        check("--redis-cluster-nodes", &cli.redis_cluster_nodes)?;
+        return Ok(Some(RedisEndpoint::Cluster(cli.redis_cluster_nodes.clone())));
+    }
+    if !cli.redis_sentinels.is_empty() {
+        check("--redis-sentinels", &cli.redis_sentinels)?;
+        let master = cli.redis_sentinel_master.clone().unwrap_or_default();
+        if master.is_empty() {
+            return Err(ConfigError::SentinelMaster);
+        }
+        return Ok(Some(RedisEndpoint::Sentinel { master, sentinels: cli.redis_sentinels.clone() }));
+    }
+    Ok(None)
 }
 
 fn read_redis_file(path: &Option<std::path::PathBuf>, flag: &'static str) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -313,6 +346,7 @@ mod tests {
             (&["--envoy-api-key-entry", ""], "--envoy-api-key-entry"),
             (&["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], "--tls-cert"),
             (&["--request-timeout", "1ms"], "--request-timeout"),
+            (&["--redis-url", "redis://h", "--fingerprint-secret", "s", "--redis-timeout", "1s"], "--redis-timeout"),
         ];
         for (args, flag) in cases {
             let message = parse(args).expect_err("must be rejected").to_string();

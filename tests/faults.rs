@@ -15,6 +15,7 @@ use ratelimitd::bench::exactness::{Record, verdict};
 use ratelimitd::grpc::pb::Fallback;
 
 const SECRET: &str = "faults-test-secret";
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const DEADLINE: Duration = Duration::from_millis(50);
 /// What a loaded 2-core machine (service, Redis and callers on it) may add to the deadline.
 const MARGIN: Duration = Duration::from_millis(250);
@@ -22,6 +23,7 @@ const MARGIN: Duration = Duration::from_millis(250);
 fn start(redis: &Redis, timeout: &str, extra: &[&str]) -> Process {
     let url = redis.url();
     let mut args = vec!["--redis-url", &url, "--fingerprint-secret", SECRET, "--redis-timeout", timeout];
+    args.extend(["--request-timeout", "10s"]);
     args.extend(extra);
     // At info, as in production: debug logs every HTTP/2 frame, which slows a debug build a lot.
     Process::start_logging(&args, "info")
@@ -87,6 +89,9 @@ fn p99(mut took: Vec<Duration>) -> Duration {
 /// within the deadline plus a margin with the failure mode, the breaker opened and
 /// closed, logs stayed quiet, and exact enforcement resumed within 2 s.
 async fn outage(kind: &str, down: impl AsyncFnOnce(&Redis), up: impl AsyncFnOnce(&Redis)) {
+    // Latency under a fault is measured one fault at a time, not with another fault's
+    // containers and callers competing for the same 2 cores.
+    let _alone = SERIAL.lock().await;
     let redis = Redis::start().await;
     let service = start(&redis, "50ms", &["--failure-mode", "local"]);
     let mut clients = Vec::new();
@@ -136,6 +141,7 @@ async fn outage(kind: &str, down: impl AsyncFnOnce(&Redis), up: impl AsyncFnOnce
     );
     assert_eq!(failed, 0, "every call is answered (by the failure mode while Redis is {kind})");
     assert!(fell_back > during.len() / 2, "the failure mode answered during the fault");
+    assert!(p99_during <= DEADLINE + Duration::from_millis(50), "p99 {p99_during:?} during the fault");
     assert!(slowest <= DEADLINE + MARGIN, "a call took {slowest:?}, over the deadline plus margin");
     assert!(breaker_open, "the circuit breaker opened");
     assert!(recovered < Duration::from_secs(2), "exact enforcement resumed after {recovered:?}");
@@ -231,14 +237,16 @@ async fn redis_restarted_empty_only_under_counts_by_what_it_lost() {
         before + after
     );
     assert_eq!(before, 30);
+    // Redis lost the 30 units counted before; the key is counted from empty, exactly,
+    // so the window admitted LIMIT + 30: over by exactly what was lost, and no more.
     assert_eq!(after, LIMIT, "after the restart the key is counted from empty, exactly");
-    assert!(before + after <= LIMIT + before, "over only by what Redis lost");
 }
 
 /// Three replicas on one Redis; one is killed under load. Callers of the killed one
 /// move to the others; the exactness check over every decision of the run passes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_under_load() {
+    let _alone = SERIAL.lock().await;
     const LIMIT: u32 = 50;
     const WINDOW_MS: u64 = 2_000;
     let redis = Redis::start().await;

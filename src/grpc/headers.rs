@@ -38,6 +38,13 @@ pub fn for_verdict(verdict: &Verdict) -> Vec<(&'static str, String)> {
     match verdict.fallback {
         Some(FailureMode::Open) => return Vec::new(),
         Some(FailureMode::Closed) => {}
+        // This replica's share of the limit answered: the policy's quotas would not match `r`.
+        Some(FailureMode::Local) => {
+            headers.clear();
+            if d.allowed {
+                return headers;
+            }
+        }
         _ => {
             let binding = &windows[usize::from(d.window)];
             let value = format!("\"{}\";r={};t={}", item(policy, binding), d.remaining, seconds(d.window_reset_ms));

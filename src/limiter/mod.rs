@@ -203,14 +203,16 @@ impl<S: Store> Limiter<S> {
         let shadow = resolved.policy.shadow;
         let outcome = match &result {
             Ok(d) if d.allowed => CheckResult::Allowed,
-            Ok(_) if shadow => CheckResult::ShadowDenied,
+            // A failure mode's denial is not the policy's: shadow mode does not lift it.
+            Ok(_) if shadow && fallback.is_none() => CheckResult::ShadowDenied,
             Ok(_) => CheckResult::Denied,
             Err(_) => CheckResult::Error,
         };
         let mut decision = result?;
         if mode == Mode::Consume {
             metrics::check_done(resolved.overridden, cost, outcome, started.elapsed());
-            if !shadow {
+            // Only the store's denials say a key is throttled; a failure mode's say Redis is down.
+            if !shadow && fallback.is_none() {
                 self.throttled.record(&key, resolved.alias.as_deref(), &decision);
             }
         }
@@ -259,7 +261,8 @@ impl<S: Store> Limiter<S> {
             }
             FailureMode::Closed => refusal,
             FailureMode::Local => {
-                let divided = limits.divided(self.expected_replicas);
+                // A limit below the replica count leaves no share: nothing can be admitted.
+                let Some(divided) = limits.divided(self.expected_replicas) else { return refusal };
                 if cost > divided.max_cost() {
                     refusal.limit = divided.max_cost();
                     return refusal;

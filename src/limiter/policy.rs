@@ -108,14 +108,18 @@ impl Limits {
         self.windows[0].window_ms
     }
 
-    /// Each window's limit divided among `replicas` (at least 1 each): what one
-    /// replica may admit on its own so that `replicas` of them stay within the limit.
-    pub fn divided(&self, replicas: u32) -> Self {
+    /// Each window's limit divided among `replicas`, rounded down: what one replica
+    /// may admit on its own so that `replicas` of them stay within the limit. `None`
+    /// when a window's limit is below the replica count: no share fits.
+    pub fn divided(&self, replicas: u32) -> Option<Self> {
         let mut divided = *self;
         for window in &mut divided.windows[..usize::from(self.len)] {
-            window.limit = (window.limit / replicas.max(1)).max(1);
+            window.limit /= replicas.max(1);
+            if window.limit == 0 {
+                return None;
+            }
         }
-        divided
+        Some(divided)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod memory;
 pub mod redis;
+mod redis_connect;
 
 use std::future::Future;
 use std::time::Duration;

@@ -6,23 +6,26 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::{Connection, Manager, Pool, PoolConfig, Runtime, Timeouts};
-use redis::aio::MultiplexedConnection;
+use deadpool_redis::{PoolConfig, Timeouts};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
-use redis::{IntoConnectionInfo, TlsCertificates};
 use tokio::sync::RwLock;
 
+use super::redis_connect::{Conn, Pooled, Pools};
 use super::{Store, StoreError};
+
+pub use super::redis_connect::RedisEndpoint;
 use crate::limiter::{Decision, Fingerprint, Limits, MAX_WINDOWS, Mode, WindowCheck};
 use crate::metrics;
 
 const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
+/// The least time connecting to Redis may take (TCP, TLS handshake, AUTH).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How to reach Redis and how long to wait for it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisOptions {
-    /// A `redis://` URL, possibly with credentials: never logged.
-    pub url: String,
+    /// Where Redis is; URLs may hold credentials and are never logged.
+    pub endpoint: RedisEndpoint,
     /// Put before `{fingerprint}` in every key name.
     pub key_prefix: String,
     /// The bound on each call, connecting included.
@@ -33,6 +36,20 @@ pub struct RedisOptions {
     pub tls: Option<RedisTls>,
     /// The ACL password, when it does not come in the URL.
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisOptions {
+    /// The password is never shown; the endpoint shows only its shape.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("endpoint", &self.endpoint)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("connections", &self.connections)
+            .field("tls", &self.tls)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// PEM material for TLS to Redis.
@@ -58,8 +75,9 @@ impl std::fmt::Debug for RedisTls {
 /// it among concurrent calls, since a multiplexed connection pipelines them. Going
 /// back to the pool per call would add a PING round trip (deadpool's recycle check).
 pub struct RedisStore {
-    pool: Pool,
-    lanes: Box<[RwLock<Option<Connection>>]>,
+    pools: Pools,
+    /// Each lane keeps one connection checked out of the pool, and hands out clones.
+    lanes: Box<[RwLock<Option<(Pooled, Conn)>>]>,
     next_lane: AtomicUsize,
     script: Script,
     key_prefix: String,
@@ -76,19 +94,14 @@ impl RedisStore {
     /// Builds the store without connecting: Redis may come up later, and calls
     /// fail with [`StoreError::Unavailable`] until it does.
     pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
-        let timeouts =
-            Timeouts { wait: Some(options.timeout), create: Some(options.timeout), recycle: Some(options.timeout) };
+        // Connecting (TCP, TLS, AUTH) gets longer than a call: it runs in the background
+        // (see `connection`), so a short call deadline does not keep cutting it off.
+        let connect = options.timeout.max(CONNECT_TIMEOUT);
+        let timeouts = Timeouts { wait: Some(connect), create: Some(connect), recycle: Some(connect) };
         let mut pool_config = PoolConfig::new(options.connections);
         pool_config.timeouts = timeouts;
-        let manager = Manager::new(connection_info(&options)?)
-            .map_err(|e| StoreError::Failed(format!("invalid Redis configuration: {e}")))?;
-        let pool = Pool::builder(manager)
-            .config(pool_config)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Failed(format!("invalid Redis configuration: {e}")))?;
         Ok(Self {
-            pool,
+            pools: Pools::new(&options, pool_config)?,
             lanes: (0..options.connections).map(|_| RwLock::new(None)).collect(),
             next_lane: AtomicUsize::new(0),
             script: Script::new(SCRIPT),
@@ -133,37 +146,42 @@ impl RedisStore {
         name
     }
 
-    async fn connection(&self, lane: usize) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(conn) = self.lanes[lane].read().await.as_ref() {
-            return Ok(MultiplexedConnection::clone(conn));
+    async fn connection(&self, lane: usize) -> Result<Conn, StoreError> {
+        if let Some((_, conn)) = self.lanes[lane].read().await.as_ref() {
+            return Ok(conn.clone());
         }
         // One caller per lane connects (holding the write lock); the others wait for
         // it rather than taking more connections from the pool than there are lanes.
         let mut slot = self.lanes[lane].write().await;
-        if let Some(conn) = slot.as_deref() {
+        if let Some((_, conn)) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        match self.pool.get().await {
-            Ok(pooled) => {
-                let conn = MultiplexedConnection::clone(&pooled);
-                *slot = Some(pooled);
+        // In a task of its own: a caller whose deadline passes leaves it running, and the
+        // connection it makes waits in the pool for the next caller.
+        let pools = self.pools.clone();
+        let connecting = tokio::spawn(async move { pools.get().await });
+        let got = connecting.await.unwrap_or_else(|e| Err(format!("connecting failed: {e}")));
+        match got {
+            Ok((pooled, conn)) => {
+                *slot = Some((pooled, conn.clone()));
                 Ok(conn)
             }
             Err(e) => {
                 // Redis cannot be reached: the other lanes' connections are as dead.
                 drop(slot);
                 self.reset_all();
-                Err(StoreError::Unavailable(e.to_string()))
+                Err(StoreError::Unavailable(e))
             }
         }
     }
 
-    /// Gives a lane's connection back to the pool, whose recycle check discards a
-    /// broken one; the lane's next call gets a working one. A lane that is busy
-    /// connecting is left alone.
+    /// Drops a lane's connection (out of the pool for good: see [`Pooled::detach`]);
+    /// the lane's next call gets a new one. A lane that is busy connecting is left alone.
     fn reset(&self, lane: usize) {
-        if let Ok(mut slot) = self.lanes[lane].try_write() {
-            slot.take();
+        if let Ok(mut slot) = self.lanes[lane].try_write()
+            && let Some((pooled, _)) = slot.take()
+        {
+            pooled.detach();
         }
     }
 
@@ -261,28 +279,6 @@ impl Store for RedisStore {
         metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
         decode(limits, cost, &reply?)
     }
-}
-
-/// Where and how to connect: the URL, the password from its file, and TLS material.
-/// Errors never show the URL (it may hold a password).
-fn connection_info(options: &RedisOptions) -> Result<redis::ConnectionInfo, StoreError> {
-    let invalid = |e: RedisError| StoreError::Failed(format!("--redis-url is not a valid Redis URL ({:?})", e.kind()));
-    let mut info = options.url.as_str().into_connection_info().map_err(invalid)?;
-    if let Some(password) = &options.password {
-        let settings = info.redis_settings().clone().set_password(password);
-        info = info.set_redis_settings(settings);
-    }
-    let Some(tls) = &options.tls else { return Ok(info) };
-    let certificates = TlsCertificates {
-        client_tls: tls
-            .client
-            .as_ref()
-            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
-        root_cert: tls.ca.clone(),
-    };
-    let client = redis::Client::build_with_tls(info, certificates)
-        .map_err(|e| StoreError::Failed(format!("the Redis TLS files are not usable: {e}")))?;
-    Ok(client.get_connection_info().clone())
 }
 
 /// Transient failures (connection, loading, failover) may succeed on retry; the

@@ -119,6 +119,10 @@ impl Backend {
         let limit = limit.to_string();
         let mut args = vec!["ratelimitd", "--limit", &limit, "--window", window, "--shutdown-grace", "5s"];
         args.extend(["--fingerprint-secret", "test-secret"]);
+        if !extra.contains(&"--request-timeout") {
+            // Above the tests' 2 s Redis deadline (it must be the longer of the two).
+            args.extend(["--request-timeout", "10s"]);
+        }
         let url = self.redis.as_ref().map(Redis::url);
         if let Some(url) = &url {
             args.extend(["--redis-url", url]);
@@ -214,6 +218,18 @@ pub async fn try_check(client: &mut Client, key_id: &str, cost: u32) -> Result<C
 pub async fn peek(client: &mut Client, key_id: &str, cost: u32) -> CheckAndConsumeResponse {
     let request = PeekRequest { key_id: key_id.to_owned(), cost };
     client.peek(request).await.map(tonic::Response::into_inner).unwrap_or_else(|s| panic!("Peek failed: {s:?}"))
+}
+
+/// A container's address on Docker's bridge network, reachable from this host (nodes of a
+/// Redis Cluster or behind Sentinel announce these addresses, not published ports).
+pub fn container_ip(id: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", id])
+        .output()
+        .expect("run docker inspect");
+    let ip = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(!ip.is_empty(), "no address for container {id}: {}", String::from_utf8_lossy(&output.stderr));
+    ip
 }
 
 pub fn free_port() -> u16 {

@@ -92,10 +92,12 @@ impl System for Limitador {
 
 async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str) -> Arc<dyn System> {
     let options = RedisOptions {
-        url: args.redis_url.clone(),
+        endpoint: RedisEndpoint::Url(args.redis_url.clone()),
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_secs(2),
         connections: 4,
+        tls: None,
+        password: None,
     };
     let store = RedisStore::new(options).expect("valid Redis URL");
     store.ping().await.expect("Redis answers");
