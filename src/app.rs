@@ -120,7 +120,9 @@ async fn serve_on_store(
             let store = RedisStore::new(options.clone())?;
             let mode = options.endpoint.mode();
             match store.prepare().await {
-                Ok(()) => tracing::info!(key_prefix = %options.key_prefix, mode, "Redis store ready; limits are shared"),
+                Ok(()) => {
+                    tracing::info!(key_prefix = %options.key_prefix, mode, "Redis store ready; limits are shared")
+                }
                 Err(e) => tracing::error!(error = %e, "Redis not reachable yet; failure modes answer until it is"),
             }
             if config.expected_replicas == 1 && config.policies.current().default.failure == FailureMode::Local {

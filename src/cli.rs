@@ -59,8 +59,14 @@ pub struct Cli {
 
     /// Sentinels instead of --redis-url, comma-separated (redis://host:26379,...): the
     /// service uses the master they name --redis-sentinel-master and follows failovers.
-    #[arg(long, env = "RATELIMITD_REDIS_SENTINELS", value_delimiter = ',', hide_env_values = true,
-          conflicts_with = "redis_url", requires = "redis_sentinel_master")]
+    #[arg(
+        long,
+        env = "RATELIMITD_REDIS_SENTINELS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        conflicts_with = "redis_url",
+        requires = "redis_sentinel_master"
+    )]
     pub redis_sentinels: Vec<String>,
 
     /// The master name the sentinels monitor (e.g. mymaster).

@@ -33,9 +33,21 @@ async fn node() -> Node {
         .with_exposed_port(6379.tcp())
         .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
         .with_cmd([
-            "/usr/local/bin/redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "",
-            "--appendonly", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", "2000",
+            "/usr/local/bin/redis-server",
+            "--bind",
+            "0.0.0.0",
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
         ])
         .start()
         .await

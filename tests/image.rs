@@ -28,7 +28,9 @@ async fn replica(network: &str, name: &str, redis: &str) -> ContainerAsync<Gener
     let (image, tag) = image();
     let url = format!("redis://{redis}:6379");
     let args = ["--redis-url", &url, "--fingerprint-secret", "image-test", "--limit", "50", "--window", "2s"];
-    let args = [&args[..], &["--redis-timeout", "2s", "--expected-replicas", "3", "--log-format", "json"]].concat();
+    let more =
+        ["--redis-timeout", "2s", "--request-timeout", "10s", "--expected-replicas", "3", "--log-format", "json"];
+    let args = [&args[..], &more[..]].concat();
     GenericImage::new(&image, &tag)
         .with_exposed_port(50051.tcp())
         .with_wait_for(WaitFor::message_on_stderr("serving ratelimit.v1.RateLimiter"))

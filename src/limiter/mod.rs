@@ -295,7 +295,9 @@ impl<S: Store> Limiter<S> {
         mode: Mode,
     ) -> Result<Decision, CheckError> {
         let Some(attempt) = self.breaker.attempt() else {
-            return Err(StoreError::Unavailable("the circuit breaker is open: the store failed repeatedly".into()).into());
+            return Err(
+                StoreError::Unavailable("the circuit breaker is open: the store failed repeatedly".into()).into()
+            );
         };
         let _in_flight = InFlight::start();
         let sent = Instant::now();

@@ -74,10 +74,13 @@ impl std::fmt::Debug for RedisTls {
 /// timeout and discards broken ones); each lane keeps one checked out and shares
 /// it among concurrent calls, since a multiplexed connection pipelines them. Going
 /// back to the pool per call would add a PING round trip (deadpool's recycle check).
+/// A lane's connection: held out of the pool, and the handle its calls clone.
+type Lane = (Pooled, Conn);
+
 pub struct RedisStore {
     pools: Pools,
     /// Each lane keeps one connection checked out of the pool, and hands out clones.
-    lanes: Box<[RwLock<Option<(Pooled, Conn)>>]>,
+    lanes: Box<[RwLock<Option<Lane>>]>,
     next_lane: AtomicUsize,
     script: Script,
     key_prefix: String,

@@ -112,16 +112,17 @@ impl Pools {
             RedisEndpoint::Sentinel { master, sentinels } => {
                 let sentinels = sentinels.iter().map(|url| parse(url)).collect::<Result<Vec<_>, _>>()?;
                 // The master's credentials: the password file (sentinels carry theirs in their URLs).
-                let node = options.password.as_ref().map(|password| deadpool_redis::sentinel::SentinelNodeConnectionInfo {
-                    tls_mode: None,
-                    redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
-                        password: Some(password.clone()),
-                        ..Default::default()
-                    }),
-                });
+                let node =
+                    options.password.as_ref().map(|password| deadpool_redis::sentinel::SentinelNodeConnectionInfo {
+                        tls_mode: None,
+                        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+                            password: Some(password.clone()),
+                            ..Default::default()
+                        }),
+                    });
                 let server = SentinelServerType::Master.into();
-                let manager = deadpool_redis::sentinel::Manager::new(sentinels, master.clone(), node, server)
-                    .map_err(invalid)?;
+                let manager =
+                    deadpool_redis::sentinel::Manager::new(sentinels, master.clone(), node, server).map_err(invalid)?;
                 let pool = deadpool_redis::sentinel::Pool::builder(manager).config(config).runtime(Runtime::Tokio1);
                 Self::Sentinel(pool.build().map_err(built)?)
             }
@@ -164,8 +165,7 @@ impl Pooled {
 
 /// Parses a URL; errors never show it (it may hold a password).
 fn parse(url: &str) -> Result<ConnectionInfo, StoreError> {
-    url.into_connection_info()
-        .map_err(|e| StoreError::Failed(format!("a Redis URL does not parse ({:?})", e.kind())))
+    url.into_connection_info().map_err(|e| StoreError::Failed(format!("a Redis URL does not parse ({:?})", e.kind())))
 }
 
 /// A cluster node: its URL with the password file applied.
@@ -183,10 +183,10 @@ fn single(url: &str, options: &RedisOptions) -> Result<ConnectionInfo, StoreErro
     let info = node(url, options)?;
     let Some(tls) = &options.tls else { return Ok(info) };
     let certificates = TlsCertificates {
-        client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-            client_cert: cert.clone(),
-            client_key: key.clone(),
-        }),
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
         root_cert: tls.ca.clone(),
     };
     let client = redis::Client::build_with_tls(info, certificates)
