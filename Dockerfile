@@ -4,7 +4,6 @@
 
 FROM rust:1.88-bookworm AS build
 WORKDIR /src
-# Dependencies first, so that source changes reuse the cached dependency layer.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY benches/store-compare/Cargo.toml benches/store-compare/Cargo.toml
 COPY proto proto

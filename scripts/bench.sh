@@ -48,9 +48,12 @@ start_server() { # limit
   rcli FLUSHALL >/dev/null
   target/release/ratelimitd --listen "127.0.0.1:$grpc_port" --metrics-listen "127.0.0.1:$metrics_port" \
     --redis-url "$redis_url" --fingerprint-secret bench --limit "$1" --window 60s \
-    --redis-timeout 1s --failure-mode closed 2>>"$out/ratelimitd.log" &
+    --redis-timeout 500ms --failure-mode closed 2>>"$out/ratelimitd.log" &
   server_pid=$!
-  until (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null; do sleep 0.1; done
+  until (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null; do
+    kill -0 "$server_pid" 2>/dev/null || { echo "ratelimitd did not start:" >&2; tail -3 "$out/ratelimitd.log" >&2; exit 1; }
+    sleep 0.1
+  done
 }
 bench() { # name, ratelimitd-bench flags...
   local name=$1; shift

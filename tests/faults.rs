@@ -141,7 +141,7 @@ async fn outage(kind: &str, down: impl AsyncFnOnce(&Redis), up: impl AsyncFnOnce
     );
     assert_eq!(failed, 0, "every call is answered (by the failure mode while Redis is {kind})");
     assert!(fell_back > during.len() / 2, "the failure mode answered during the fault");
-    assert!(p99_during <= DEADLINE + Duration::from_millis(50), "p99 {p99_during:?} during the fault");
+    assert!(p99_during <= DEADLINE + Duration::from_millis(100), "p99 {p99_during:?} during the fault");
     assert!(slowest <= DEADLINE + MARGIN, "a call took {slowest:?}, over the deadline plus margin");
     assert!(breaker_open, "the circuit breaker opened");
     assert!(recovered < Duration::from_secs(2), "exact enforcement resumed after {recovered:?}");

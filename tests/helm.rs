@@ -67,6 +67,7 @@ fn the_schema_refuses_values_that_cannot_work() {
         ("a misspelt top-level key", json!({"replicas": 3})),
         ("extraArgs that are not flags", json!({"extraArgs": ["hunter2"]})),
         ("an unknown log format", json!({"logFormat": "xml"})),
+        ("a limit above what a ring may hold", json!({"limit": 1_000_001})),
     ];
     for (what, patch) in cases {
         let problems = errors(&validator, &with(values(), patch));
@@ -197,6 +198,13 @@ fn the_deployment_configures_through_real_variables_and_keeps_secrets_off_the_co
     assert!(used.len() > 20, "{used:?}");
     for variable in &used {
         assert!(known.contains(variable), "the deployment sets {variable}, which no flag reads");
+    }
+    for number in [".Values.limit |", ".Values.redis.connections |"] {
+        let piped = deployment.split(number).nth(1).unwrap_or_default();
+        assert!(
+            piped.trim_start().starts_with("int64"),
+            "{number} must go through int64 (Helm reads numbers as floats: 1e+06)"
+        );
     }
     for secret in [
         "RATELIMITD_FINGERPRINT_SECRET\n",

@@ -217,7 +217,8 @@ impl<S: Store> Limiter<S> {
             }
         }
         let shadow_denied = outcome == CheckResult::ShadowDenied;
-        if shadow_denied {
+        // A shadow policy never denies, not even by its failure mode while the store is down.
+        if shadow && !decision.allowed {
             decision.allowed = true;
             decision.retry_after_ms = 0;
         }

@@ -85,6 +85,7 @@ pub struct RedisStore {
     script: Script,
     key_prefix: String,
     timeout: Duration,
+    cluster: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -104,6 +105,7 @@ impl RedisStore {
         let mut pool_config = PoolConfig::new(options.connections);
         pool_config.timeouts = timeouts;
         Ok(Self {
+            cluster: matches!(options.endpoint, RedisEndpoint::Cluster(_)),
             pools: Pools::new(&options, pool_config)?,
             lanes: (0..options.connections).map(|_| RwLock::new(None)).collect(),
             next_lane: AtomicUsize::new(0),
@@ -123,7 +125,9 @@ impl RedisStore {
                 Err(e) => Err(self.failed(e)),
             }
         };
-        self.bounded(0, call).await
+        // At start-up the first connection is made here: it gets the connect timeout.
+        let timeout = self.timeout.max(CONNECT_TIMEOUT);
+        tokio::time::timeout(timeout, call).await.unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 
     /// Checks that Redis answers (PING on the first lane), within the timeout.
@@ -181,6 +185,11 @@ impl RedisStore {
     /// Drops a lane's connection (out of the pool for good: see [`Pooled::detach`]);
     /// the lane's next call gets a new one. A lane that is busy connecting is left alone.
     fn reset(&self, lane: usize) {
+        // A cluster connection reconnects the node that failed and follows topology
+        // changes by itself; dropping it would cut off every healthy master too.
+        if self.cluster {
+            return;
+        }
         if let Ok(mut slot) = self.lanes[lane].try_write()
             && let Some((pooled, _)) = slot.take()
         {

@@ -50,8 +50,8 @@ How many replicas share Redis, for the local failure mode: the most there can be
 */}}
 {{- define "ratelimitd.expectedReplicas" -}}
 {{- if .Values.autoscaling.enabled }}
-{{- .Values.autoscaling.maxReplicas }}
+{{- .Values.autoscaling.maxReplicas | int64 }}
 {{- else }}
-{{- .Values.replicaCount }}
+{{- .Values.replicaCount | int64 }}
 {{- end }}
 {{- end }}
