@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use ratelimitd::bench::exactness::{Record, verdict};
 use ratelimitd::limiter::{Fingerprinter, Limiter, Policies, Policy, SharedPolicies};
 use ratelimitd::metrics::{ThrottleOptions, Throttled};
-use ratelimitd::store::redis::{RedisOptions, RedisStore};
+use ratelimitd::store::redis::{RedisEndpoint, RedisOptions, RedisStore};
 
 #[derive(Debug, Parser)]
 struct Args {
