@@ -21,7 +21,14 @@ done
 mkdir -p "$out"
 
 cargo build --release --bins
-[ "$limitador" = 1 ] && cargo build --release -p store-compare
+if [ "$limitador" = 1 ]; then
+  # Limitador's crate builds RocksDB, whose bindings need libclang.
+  if ! command -v clang >/dev/null 2>&1; then
+    echo "bench.sh: installing clang and libclang-dev (Limitador's RocksDB dependency needs them)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev clang >/dev/null
+  fi
+  cargo build --release -p store-compare
+fi
 scripts/build-redis-image.sh
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

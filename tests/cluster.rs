@@ -182,6 +182,12 @@ async fn three_replicas_on_a_cluster_stay_exact_through_a_failover() {
          keys per master {keys_per_master:?}"
     );
     assert_eq!(keys_per_master.len(), 3);
+    // The script is loaded on every node (SCRIPT LOAD goes to all of them), masters included.
+    let sha = redis::Script::new(include_str!("../lua/sliding_window.lua")).get_hash().to_owned();
+    for node in &nodes {
+        let loaded: Vec<u8> = cmd(node, &["SCRIPT", "EXISTS", &sha]).await;
+        assert_eq!(loaded, [1], "the script is loaded on {}", node.ip);
+    }
     assert!(keys_per_master.iter().all(|&keys| keys > 0), "keys spread over every master: {keys_per_master:?}");
     for (key, records) in &by_key {
         let v = verdict(records, LIMIT, WINDOW_MS);
