@@ -6,6 +6,7 @@
 #   BINARY defaults to target/release/ratelimitd (built if missing); NAME:TAG to ratelimitd:local.
 # The tests use the debug binary they already built: scripts/build-image.sh target/debug/ratelimitd ratelimitd-test:local
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
 binary="${1:-target/release/ratelimitd}"
@@ -19,11 +20,7 @@ root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$root/home/nonroot"
 chmod 1777 "$root/tmp"
-cp -L "$binary" "$root/usr/local/bin/ratelimitd"
-ldd "$binary" | grep -oE '/[^ ]+' | sort -u | while read -r lib; do
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"
-done
+pack_binary "$binary" "$root" ratelimitd
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
   cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 fi

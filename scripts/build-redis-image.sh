@@ -3,6 +3,7 @@
 # Debian's redis-server binary and the libraries `ldd` lists, packed with `docker import`.
 # Usage: scripts/build-redis-image.sh [NAME:TAG]   (default: ratelimitd-test-redis:7)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 image="${1:-${RATELIMITD_TEST_REDIS_IMAGE:-ratelimitd-test-redis:7}}"
 
@@ -27,12 +28,7 @@ root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/usr/local/bin" "$root/etc" "$root/data" "$root/tmp"
 chmod 1777 "$root/tmp"
-cp -L "$server" "$root/usr/local/bin/redis-server"
-# Every shared library the binary needs, at the same path, plus the dynamic loader.
-ldd "$server" | grep -oE '/[^ ]+' | sort -u | while read -r lib; do
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"
-done
+pack_binary "$server" "$root" redis-server
 printf 'root:x:0:0:root:/root:/bin/false\nredis:x:999:999:redis:/data:/bin/false\n' >"$root/etc/passwd"
 printf 'root:x:0:\nredis:x:999:\n' >"$root/etc/group"
 printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$root/etc/nsswitch.conf"

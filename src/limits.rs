@@ -98,9 +98,9 @@ struct Names {
 struct File {
     default: Option<PolicyBody>,
     #[serde(default)]
-    policies: Named,
+    policies: Unique<PolicyName, PolicyBody>,
     #[serde(default)]
-    overrides: Overrides,
+    overrides: Unique<FingerprintKey, OverrideBody>,
 }
 
 impl File {
@@ -114,7 +114,7 @@ impl File {
             .policies
             .0
             .into_iter()
-            .map(|(name, body)| {
+            .map(|(PolicyName(name), body)| {
                 let policy = body.into_policy(&name, fallback);
                 (name, Arc::new(policy))
             })
@@ -123,7 +123,7 @@ impl File {
             .overrides
             .0
             .into_iter()
-            .map(|(key, o)| {
+            .map(|(FingerprintKey(key), o)| {
                 let policy = named.get(&o.policy).cloned().unwrap_or_else(|| default.clone());
                 (key, Override { policy, alias: o.alias.map(Into::into) })
             })
@@ -252,65 +252,63 @@ impl<'de, Raw: DeserializeOwned, T: TryFrom<Raw, Error = String>> Visitor<'de> f
     }
 }
 
-/// Named policies; a name defined twice is an error (YAML would keep the last).
-#[derive(Default)]
-struct Named(BTreeMap<String, PolicyBody>);
+/// A map whose keys must be unique: YAML would silently keep the last of two entries
+/// with one key, so a policy defined twice or a key overridden twice is an error.
+struct Unique<K, V>(HashMap<K, V>);
 
-impl<'de> Deserialize<'de> for Named {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Named;
+/// The key of a [`Unique`] map: what the map is, and how to name a repeated key.
+trait UniqueKey: Eq + std::hash::Hash {
+    const EXPECTING: &'static str;
+    fn repeated(&self) -> String;
+}
 
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map from policy names to policies")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named, A::Error> {
-                let mut named = BTreeMap::new();
-                while let Some(PolicyName(name)) = map.next_key()? {
-                    let body: PolicyBody = map.next_value()?;
-                    if named.contains_key(&name) {
-                        return Err(de::Error::custom(format!("policy `{name}` is defined twice")));
-                    }
-                    named.insert(name, body);
-                }
-                Ok(Named(named))
-            }
-        }
-        d.deserialize_map(V)
+impl<K, V> Default for Unique<K, V> {
+    fn default() -> Self {
+        Self(HashMap::new())
     }
 }
 
-/// Overrides by fingerprint; a fingerprint listed twice is an error.
-#[derive(Default)]
-struct Overrides(HashMap<Fingerprint, OverrideBody>);
-
-impl<'de> Deserialize<'de> for Overrides {
+impl<'de, K: UniqueKey + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Unique<K, V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Overrides;
+        struct Entries<K, V>(PhantomData<(K, V)>);
+        impl<'de, K: UniqueKey + Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for Entries<K, V> {
+            type Value = Unique<K, V>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map from key fingerprints to overrides")
+                f.write_str(K::EXPECTING)
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Overrides, A::Error> {
-                let mut overrides = HashMap::new();
-                while let Some(FingerprintKey(key)) = map.next_key()? {
-                    let body: OverrideBody = map.next_value()?;
-                    if overrides.insert(key, body).is_some() {
-                        return Err(de::Error::custom(format!("fingerprint {key} is listed twice")));
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = HashMap::new();
+                while let Some(key) = map.next_key::<K>()? {
+                    let value: V = map.next_value()?;
+                    if entries.contains_key(&key) {
+                        return Err(de::Error::custom(key.repeated()));
                     }
+                    entries.insert(key, value);
                 }
-                Ok(Overrides(overrides))
+                Ok(Unique(entries))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(Entries(PhantomData))
     }
 }
 
+impl UniqueKey for PolicyName {
+    const EXPECTING: &'static str = "a map from policy names to policies";
+    fn repeated(&self) -> String {
+        format!("policy `{}` is defined twice", self.0)
+    }
+}
+
+impl UniqueKey for FingerprintKey {
+    const EXPECTING: &'static str = "a map from key fingerprints to overrides";
+    fn repeated(&self) -> String {
+        format!("fingerprint {} is listed twice", self.0)
+    }
+}
+
+#[derive(PartialEq, Eq, Hash)]
 struct FingerprintKey(Fingerprint);
 
 impl<'de> Deserialize<'de> for FingerprintKey {
@@ -326,6 +324,7 @@ impl<'de> Deserialize<'de> for FingerprintKey {
     }
 }
 
+#[derive(PartialEq, Eq, Hash)]
 struct PolicyName(String);
 
 impl<'de> Deserialize<'de> for PolicyName {

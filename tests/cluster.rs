@@ -7,13 +7,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer, check, redis_image, try_check};
-use ratelimitd::bench::exactness::{Record, verdict};
+use common::{Backend, TestServer, check, try_check};
+use ratelimitd::bench::exactness::Record;
 use ratelimitd::grpc::pb::Fallback;
 use redis::aio::MultiplexedConnection;
-use testcontainers::core::{IntoContainerPort, WaitFor};
-use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, GenericImage};
 
 const LIMIT: u32 = 40;
 /// One cluster at a time: twelve Redis containers at once crowd a 2-core machine, and
@@ -28,31 +26,8 @@ struct Node {
 }
 
 async fn node() -> Node {
-    let (name, tag) = redis_image();
-    let container = GenericImage::new(&name, &tag)
-        .with_exposed_port(6379.tcp())
-        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-        .with_cmd([
-            "/usr/local/bin/redis-server",
-            "--bind",
-            "0.0.0.0",
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "2000",
-        ])
-        .start()
-        .await
-        .expect("start a Redis node");
-    let ip = common::container_ip(container.id());
+    let cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+    let (container, ip) = common::redis_server(&cluster).await;
     let client = redis::Client::open(format!("redis://{ip}:6379")).expect("URL");
     let conn = client.get_multiplexed_async_connection().await.expect("connect to a node");
     Node { _container: container, ip, conn }
@@ -189,15 +164,7 @@ async fn three_replicas_on_a_cluster_stay_exact_through_a_failover() {
         assert_eq!(loaded, [1], "the script is loaded on {}", node.ip);
     }
     assert!(keys_per_master.iter().all(|&keys| keys > 0), "keys spread over every master: {keys_per_master:?}");
-    for (key, records) in &by_key {
-        let v = verdict(records, LIMIT, WINDOW_MS);
-        println!(
-            "cluster, key-{key}: {} calls decided by Redis, {} allowed, max {} units in any {WINDOW_MS} ms (limit {LIMIT}), {} wrongly denied",
-            v.calls, v.allowed, v.max_in_window, v.wrongly_denied
-        );
-        assert!(v.max_in_window <= u64::from(LIMIT), "key-{key}: never over");
-        assert_eq!(v.wrongly_denied, 0, "key-{key}: never under");
-    }
+    common::assert_exact("cluster, decided by Redis", &by_key, LIMIT, WINDOW_MS, false);
 }
 
 /// What cluster mode costs per check: sequential checks through one replica, on one

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Client, redis_image, try_check};
-use ratelimitd::bench::exactness::{Record, verdict};
+use ratelimitd::bench::exactness::Record;
 use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
@@ -84,13 +84,5 @@ async fn three_replicas_in_containers_enforce_one_exact_limit() {
             by_key.entry(key).or_default().push(record);
         }
     }
-    for (key, records) in &by_key {
-        let v = verdict(records, LIMIT, WINDOW_MS);
-        println!(
-            "image, key-{key}: {} calls through 3 containers, {} allowed, max {} units in any {WINDOW_MS} ms (limit {LIMIT}), {} wrongly denied",
-            v.calls, v.allowed, v.max_in_window, v.wrongly_denied
-        );
-        assert_eq!(v.max_in_window, u64::from(LIMIT), "key-{key}: never over, and saturated");
-        assert_eq!(v.wrongly_denied, 0, "key-{key}: never under");
-    }
+    common::assert_exact("image, 3 containers", &by_key, LIMIT, WINDOW_MS, true);
 }

@@ -4,55 +4,19 @@
 
 mod common;
 
-use common::{Backend, Client, TestServer, check, free_port, redis_image};
+use common::pki::Pki;
+use common::{Backend, Client, TestServer, check, free_port, redis_request};
 use ratelimitd::grpc::pb::Fallback;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::IntoContainerPort;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
-
-struct Pki {
-    ca: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        // OpenSSL (Redis) takes a certificate whose subject equals its issuer for
-        // self-signed, so the CA and the leaves need names of their own.
-        params.distinguished_name.push(DnType::CommonName, "ratelimitd test CA");
-        let key = KeyPair::generate().expect("CA key");
-        let ca = params.self_signed(&key).expect("CA certificate").pem();
-        Self { ca, issuer: Issuer::new(params, key) }
-    }
-
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
-        let mut params = CertificateParams::new(names.clone()).expect("params");
-        params.distinguished_name.push(DnType::CommonName, names[0].as_str());
-        (params.signed_by(&key, &self.issuer).expect("certificate").pem(), key.serialize_pem())
-    }
-}
 
 /// A Redis that speaks TLS only, requires client certificates from `pki`, and has one
 /// ACL user `ratelimitd` with password `s3cret` (the default user is off).
 async fn tls_redis(pki: &Pki) -> (ContainerAsync<GenericImage>, u16) {
-    let (name, tag) = redis_image();
     let (cert, key) = pki.issue(&["localhost", "127.0.0.1"]);
     let port = free_port();
-    let cmd = [
-        "/usr/local/bin/redis-server",
-        "--bind",
-        "0.0.0.0",
-        "--protected-mode",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
+    let tls = [
         "--port",
         "0",
         "--tls-port",
@@ -75,14 +39,11 @@ async fn tls_redis(pki: &Pki) -> (ContainerAsync<GenericImage>, u16) {
         "~*",
         "+@all",
     ];
-    let container = GenericImage::new(&name, &tag)
-        .with_exposed_port(6379.tcp())
-        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+    let container = redis_request(&tls)
         .with_copy_to("/tls/server.pem", cert.into_bytes())
         .with_copy_to("/tls/server.key", key.into_bytes())
         .with_copy_to("/tls/ca.pem", pki.ca.clone().into_bytes())
         .with_mapped_port(port, 6379.tcp())
-        .with_cmd(cmd)
         .start()
         .await
         .expect("start a TLS Redis (scripts/test builds the image)");

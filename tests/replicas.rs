@@ -46,15 +46,7 @@ async fn three_replicas_enforce_one_exact_limit_per_key() {
         }
     }
     assert_eq!(by_key.len(), KEYS);
-    for (key, records) in &by_key {
-        let v = verdict(records, LIMIT, WINDOW_MS);
-        println!(
-            "key-{key}: {} calls, {} allowed, max {} units in any {WINDOW_MS} ms window (limit {LIMIT}), {} wrongly denied",
-            v.calls, v.allowed, v.max_in_window, v.wrongly_denied
-        );
-        assert_eq!(v.max_in_window, u64::from(LIMIT), "key-{key}: never over, and saturated");
-        assert_eq!(v.wrongly_denied, 0, "key-{key}: never under");
-    }
+    common::assert_exact("3 replicas", &by_key, LIMIT, WINDOW_MS, true);
 }
 
 #[test]

@@ -5,28 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestServer, container_ip, redis_image, try_check};
+use common::{Backend, TestServer, container_ip, redis_image, redis_server, try_check};
 use ratelimitd::grpc::pb::Fallback;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
-
-const SERVER: [&str; 9] =
-    ["/usr/local/bin/redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"];
-
-async fn redis(extra: &[&str]) -> (ContainerAsync<GenericImage>, String) {
-    let (name, tag) = redis_image();
-    let cmd: Vec<String> = SERVER.iter().chain(extra).map(|a| a.to_string()).collect();
-    let container = GenericImage::new(&name, &tag)
-        .with_exposed_port(6379.tcp())
-        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-        .with_cmd(cmd)
-        .start()
-        .await
-        .expect("start Redis");
-    let ip = container_ip(container.id());
-    (container, ip)
-}
 
 async fn sentinel(master_ip: &str) -> (ContainerAsync<GenericImage>, String) {
     let (name, tag) = redis_image();
@@ -49,8 +32,8 @@ async fn sentinel(master_ip: &str) -> (ContainerAsync<GenericImage>, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn follows_a_sentinel_failover_without_a_restart() {
-    let (master, master_ip) = redis(&[]).await;
-    let (_replica, replica_ip) = redis(&["--replicaof", &master_ip, "6379"]).await;
+    let (master, master_ip) = redis_server(&[]).await;
+    let (_replica, replica_ip) = redis_server(&["--replicaof", &master_ip, "6379"]).await;
     let mut sentinels = Vec::new();
     for _ in 0..3 {
         sentinels.push(sentinel(&master_ip).await);

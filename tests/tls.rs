@@ -5,40 +5,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::pki::Pki;
 use common::{Backend, TestServer};
 use ratelimitd::grpc::pb::CheckAndConsumeRequest;
 use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// A CA and the PEM files of a certificate it signed.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().expect("CA key");
-        let ca = params.self_signed(&key).expect("CA certificate").pem();
-        Self { dir: tempfile::tempdir().expect("temp dir"), ca, issuer: Issuer::new(params, key) }
-    }
-
-    /// A certificate for `localhost` signed by this CA: (certificate PEM, key PEM).
-    fn issue(&self) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        (params.signed_by(&key, &self.issuer).expect("certificate").pem(), key.serialize_pem())
-    }
-
-    fn write(&self, name: &str, pem: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, pem).expect("write PEM");
-        path
-    }
+/// PEM files in a directory of their own.
+fn write(dir: &tempfile::TempDir, name: &str, pem: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, pem).expect("write PEM");
+    path
 }
 
 fn arg(path: &Path) -> &str {
@@ -46,8 +23,11 @@ fn arg(path: &Path) -> &str {
 }
 
 async fn server(pki: &Pki, mutual: bool) -> TestServer {
-    let (cert, key) = pki.issue();
-    let (cert, key, ca) = (pki.write("server.pem", &cert), pki.write("server.key", &key), pki.write("ca.pem", &pki.ca));
+    let (cert, key) = pki.issue(&["localhost"]);
+    // Read when the configuration is built: the directory may go after that.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key, ca) =
+        (write(&dir, "server.pem", &cert), write(&dir, "server.key", &key), write(&dir, "ca.pem", &pki.ca));
     let mut extra = vec!["--tls-cert", arg(&cert), "--tls-key", arg(&key)];
     if mutual {
         extra.extend(["--tls-client-ca", arg(&ca)]);
@@ -90,11 +70,14 @@ async fn tls_serves_clients_that_trust_it_and_no_one_else() {
 async fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
     let pki = Pki::new();
     let server = server(&pki, true).await;
-    call(&server, &pki.ca, Some(pki.issue())).await.expect("a client with a certificate from the CA is served");
+    call(&server, &pki.ca, Some(pki.issue(&["localhost"])))
+        .await
+        .expect("a client with a certificate from the CA is served");
     let refused = call(&server, &pki.ca, None).await.expect_err("a client without a certificate must be refused");
     println!("no client certificate: {refused}");
     let stranger = Pki::new();
-    let refused =
-        call(&server, &pki.ca, Some(stranger.issue())).await.expect_err("another CA's certificate is refused");
+    let refused = call(&server, &pki.ca, Some(stranger.issue(&["localhost"])))
+        .await
+        .expect_err("another CA's certificate is refused");
     println!("client certificate from another CA: {refused}");
 }

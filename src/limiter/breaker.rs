@@ -4,6 +4,7 @@
 //! every cool-down to find out whether the store is back.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::lock;
@@ -32,6 +33,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct Breaker {
     inner: Mutex<Inner>,
+    /// Closed with no failure counted: the state of nearly every call, read and kept
+    /// without the lock, so a healthy store's checks do not all meet on one mutex.
+    healthy: AtomicBool,
     cool_down: Duration,
 }
 
@@ -51,10 +55,14 @@ pub enum Permit {
 
 impl Breaker {
     pub fn new(cool_down: Duration) -> Self {
-        Self { inner: Mutex::new(Inner { failures: 0, open_until: None, trial: false }), cool_down }
+        let inner = Mutex::new(Inner { failures: 0, open_until: None, trial: false });
+        Self { inner, healthy: AtomicBool::new(true), cool_down }
     }
 
     pub fn permit(&self) -> Permit {
+        if self.healthy.load(Ordering::Acquire) {
+            return Permit::Call;
+        }
         let mut inner = lock(&self.inner);
         match inner.open_until {
             None => Permit::Call,
@@ -69,22 +77,27 @@ impl Breaker {
     /// Records a call's outcome: `transient_failure` for a store that did not answer.
     /// Returns the new state when it changed.
     pub fn record(&self, permit: Permit, transient_failure: bool) -> Option<BreakerState> {
+        if !transient_failure && permit == Permit::Call && self.healthy.load(Ordering::Acquire) {
+            return None;
+        }
         let mut inner = lock(&self.inner);
         if permit == Permit::Trial {
             inner.trial = false;
         }
         let was_open = inner.open_until.is_some();
-        if !transient_failure {
+        let change = if !transient_failure {
             inner.failures = 0;
             inner.open_until = None;
-            return was_open.then_some(BreakerState::Closed);
-        }
-        inner.failures = inner.failures.saturating_add(1);
-        if was_open || inner.failures >= FAILURES_TO_OPEN {
-            inner.open_until = Some(Instant::now() + self.cool_down);
-            return (!was_open).then_some(BreakerState::Open);
-        }
-        None
+            was_open.then_some(BreakerState::Closed)
+        } else {
+            inner.failures = inner.failures.saturating_add(1);
+            if was_open || inner.failures >= FAILURES_TO_OPEN {
+                inner.open_until = Some(Instant::now() + self.cool_down);
+            }
+            (!was_open && inner.open_until.is_some()).then_some(BreakerState::Open)
+        };
+        self.healthy.store(inner.failures == 0 && inner.open_until.is_none(), Ordering::Release);
+        change
     }
 
     /// A permit to call the store, or `None` while the breaker is open. The attempt
@@ -101,10 +114,6 @@ impl Breaker {
         if permit == Permit::Trial {
             lock(&self.inner).trial = false;
         }
-    }
-
-    pub fn state(&self) -> BreakerState {
-        if lock(&self.inner).open_until.is_some() { BreakerState::Open } else { BreakerState::Closed }
     }
 
     /// How long until the next trial call (0 when closed).

@@ -8,7 +8,7 @@ mod fingerprint;
 mod policy;
 mod ring;
 
-pub use breaker::{Attempt, Breaker, BreakerState, Permit};
+use breaker::{Breaker, BreakerState};
 pub use decision::{Decision, Mode, WindowCheck};
 pub use deny_cache::DenyCache;
 pub use fingerprint::{Fingerprint, Fingerprinter};
@@ -129,10 +129,6 @@ impl<S: Store> Limiter<S> {
         &self.local
     }
 
-    pub fn breaker(&self) -> &Breaker {
-        &self.breaker
-    }
-
     /// Answers a key's cost-1 requests locally while a denial from the store proves
     /// them denied (see [`DenyCache`]): worth it when the store is remote.
     pub fn with_deny_cache(mut self) -> Self {
@@ -168,17 +164,16 @@ impl<S: Store> Limiter<S> {
     /// Checks a request without deciding it, so that a batch (several Envoy
     /// descriptors) is rejected whole before any part of it is counted.
     pub fn validate(&self, key_id: &str, cost: u32) -> Result<Checked, CheckError> {
-        self.validate_in(&self.policies.current(), key_id, cost)
+        let key = self.key(key_id).inspect_err(count_invalid)?;
+        let resolved = self.policies.lookup(&key);
+        checked(key, resolved, cost)
     }
 
     /// The same against a given policy set, so that every part of one request (several
     /// Envoy descriptors) sees the same one, even if a reload lands meanwhile.
     pub fn validate_in(&self, policies: &Policies, key_id: &str, cost: u32) -> Result<Checked, CheckError> {
         let key = self.key(key_id).inspect_err(count_invalid)?;
-        tracing::Span::current().record("key", tracing::field::display(&key));
-        let resolved = policies.lookup(&key);
-        let cost = validate_cost(cost, &resolved.policy.limits).inspect_err(count_invalid)?;
-        Ok(Checked { key, resolved, cost })
+        checked(key, policies.lookup(&key), cost)
     }
 
     /// Decides a validated request.
@@ -354,6 +349,13 @@ const FALLBACK_RETRY_MS: u64 = 1_000;
 
 fn local_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Records the key's fingerprint in the current span and checks the cost against its policy.
+fn checked(key: Fingerprint, resolved: Resolved, cost: u32) -> Result<Checked, CheckError> {
+    tracing::Span::current().record("key", tracing::field::display(&key));
+    let cost = validate_cost(cost, &resolved.policy.limits).inspect_err(count_invalid)?;
+    Ok(Checked { key, resolved, cost })
 }
 
 fn count_invalid(error: &CheckError) {

@@ -3,6 +3,7 @@
 //! exactness checker over recorded decisions.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod pki;
 pub mod process;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -220,6 +221,27 @@ pub async fn peek(client: &mut Client, key_id: &str, cost: u32) -> CheckAndConsu
     client.peek(request).await.map(tonic::Response::into_inner).unwrap_or_else(|s| panic!("Peek failed: {s:?}"))
 }
 
+/// How the image's Redis starts (as its CMD), for containers that add flags of their own.
+const REDIS_SERVER: [&str; 9] =
+    ["/usr/local/bin/redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no"];
+
+/// A Redis container request running `redis-server` with `extra` flags (cluster, replica, TLS).
+pub fn redis_request(extra: &[&str]) -> testcontainers::core::ContainerRequest<GenericImage> {
+    let (name, tag) = redis_image();
+    let cmd: Vec<String> = REDIS_SERVER.iter().chain(extra).map(|a| a.to_string()).collect();
+    GenericImage::new(&name, &tag)
+        .with_exposed_port(6379.tcp())
+        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+        .with_cmd(cmd)
+}
+
+/// Starts `redis_request(extra)`; the container and its address on Docker's bridge.
+pub async fn redis_server(extra: &[&str]) -> (ContainerAsync<GenericImage>, String) {
+    let container = redis_request(extra).start().await.expect("start a Redis container");
+    let ip = container_ip(container.id());
+    (container, ip)
+}
+
 /// A container's address on Docker's bridge network, reachable from this host (nodes of a
 /// Redis Cluster or behind Sentinel announce these addresses, not published ports).
 pub fn container_ip(id: &str) -> String {
@@ -230,6 +252,32 @@ pub fn container_ip(id: &str) -> String {
     let ip = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     assert!(!ip.is_empty(), "no address for container {id}: {}", String::from_utf8_lossy(&output.stderr));
     ip
+}
+
+/// Checks the exactness rule per key over recorded decisions (never over, never
+/// under), printing each key's figures under `label`; `saturated` also asserts each key
+/// reached its limit in some window (the load was enough to test "never over").
+pub fn assert_exact<K: std::fmt::Display>(
+    label: &str,
+    by_key: &std::collections::HashMap<K, Vec<ratelimitd::bench::exactness::Record>>,
+    limit: u32,
+    window_ms: u64,
+    saturated: bool,
+) {
+    assert!(!by_key.is_empty(), "{label}: no decisions recorded");
+    for (key, records) in by_key {
+        let v = ratelimitd::bench::exactness::verdict(records, limit, window_ms);
+        println!(
+            "{label}, key-{key}: {} calls, {} allowed, max {} units in any {window_ms} ms (limit {limit}), {} wrongly denied",
+            v.calls, v.allowed, v.max_in_window, v.wrongly_denied
+        );
+        assert!(v.max_in_window <= u64::from(limit), "{label}, key-{key}: never over");
+        assert!(
+            !saturated || v.max_in_window == u64::from(limit),
+            "{label}, key-{key}: the load never reached the limit"
+        );
+        assert_eq!(v.wrongly_denied, 0, "{label}, key-{key}: never under");
+    }
 }
 
 pub fn free_port() -> u16 {
