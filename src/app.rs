@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::{Config, StoreConfig};
@@ -18,6 +17,7 @@ use crate::limiter::{FailureMode, Limiter};
 use crate::metrics::{self, Exposition, MetricsError, Throttled};
 use crate::reload;
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use crate::workers;
 
 /// Requests are a key of at most 256 bytes and a cost: anything near this is abuse.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -44,6 +44,10 @@ pub enum AppError {
     Transport(#[from] tonic::transport::Error),
     #[error("the metrics endpoint failed: {0}")]
     MetricsEndpoint(std::io::Error),
+    #[error("cannot start a gRPC worker thread: {0}")]
+    Worker(std::io::Error),
+    #[error("a gRPC worker thread stopped unexpectedly")]
+    WorkerStopped,
     #[error("cannot set up server reflection: {0}")]
     Reflection(String),
     #[error("--tls-cert, --tls-key or --tls-client-ca do not make a usable TLS configuration: {0}")]
@@ -161,6 +165,10 @@ async fn serve<S: Store>(
     let envoy = RateLimitServiceServer::new(EnvoyRateLimitService::new(limiter.clone(), &config.envoy_api_key_entry))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let service = RateLimiterServer::new(RateLimiterService::new(limiter)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // `draining` starts the grace period; `stop` ends the workers' accepting and lets
+    // their calls finish; dropping `abandon` (when this returns) ends them for good.
+    let (stop, stopping) = watch::channel(false);
+    let (abandon, abandoned) = watch::channel(false);
     let draining = Arc::new(Notify::new());
     let signal = {
         let draining = draining.clone();
@@ -170,37 +178,80 @@ async fn serve<S: Store>(
             follower.abort();
             health.set(false).await;
             draining.notify_one();
+            let _ = stop.send(true);
         }
     };
-    // TCP_NODELAY on every accepted connection (Server::tcp_nodelay applies only to
-    // listeners tonic binds itself): with Nagle on, a response written while an earlier
-    // one is unacknowledged waits for the client's delayed ACK, 40 ms.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut builder = Server::builder()
         .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls_config(tls)).map_err(AppError::Tls)?;
     }
-    let server = builder
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .add_service(service)
-        .add_service(envoy)
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, signal);
+    // Each worker thread is an event loop serving the connections the acceptor (on this
+    // thread) gives it, from start to end: see `workers`.
+    let mut inboxes = Vec::with_capacity(config.worker_threads);
+    let mut results = Vec::with_capacity(config.worker_threads);
+    for worker in 0..config.worker_threads {
+        let (handle, inbox) = workers::worker();
+        let router = builder
+            .clone()
+            .add_service(service.clone())
+            .add_service(envoy.clone())
+            .add_service(health_service.clone())
+            .add_service(reflection.clone());
+        let (stopping, abandoned) = (stopping.clone(), abandoned.clone());
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("ratelimitd-worker-{worker}"))
+            .spawn(move || {
+                // Calls made on this thread use the Redis connection of the same number.
+                RedisStore::bind_thread(worker);
+                let served = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(async move {
+                        let incoming = inbox.into_stream();
+                        tokio::select! {
+                            served = router.serve_with_incoming_shutdown(incoming, stopped(stopping)) => Ok(served?),
+                            () = stopped(abandoned) => Ok(()),
+                        }
+                    }),
+                    Err(e) => Err(AppError::Worker(e)),
+                };
+                let _ = done.send(served);
+            })
+            .map_err(AppError::Worker)?;
+        inboxes.push(handle);
+        results.push(result);
+    }
+    let acceptor = tokio::spawn(workers::accept(listener, inboxes, stopped(stopping)));
     tracing::info!(
         %addr,
+        workers = config.worker_threads,
         "serving ratelimit.v1.RateLimiter, envoy.service.ratelimit.v3.RateLimitService, grpc.health.v1.Health and reflection"
     );
+    let served = async {
+        for result in results {
+            match result.await {
+                Ok(result) => result?,
+                Err(_) => return Err(AppError::WorkerStopped),
+            }
+        }
+        Ok(())
+    };
     let grace = config.shutdown_grace;
-    tokio::select! {
-        served = server => served?,
+    let signal = tokio::spawn(signal);
+    let outcome = tokio::select! {
+        served = served => served,
         () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "grace period over; exiting with calls still in flight");
+            Ok(())
         }
-    }
+    };
+    signal.abort();
+    acceptor.abort();
+    drop(abandon);
+    outcome?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -41,6 +41,12 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Event-loop threads serving gRPC. Each serves the connections it accepts from start
+    /// to end, with its own Redis connection, so a connection's requests and answers are
+    /// batched into few system calls; the default is one per core.
+    #[arg(long, env = "RATELIMITD_WORKER_THREADS", value_parser = value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Server-side bound on each gRPC call, receiving the request included: a call (or a
     /// client that opens a stream and never sends) is ended with CANCELLED after it.
     #[arg(long, env = "RATELIMITD_REQUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
@@ -110,10 +116,10 @@ pub struct Cli {
           value_parser = value_parser!(u32).range(1..=10_000))]
     pub expected_replicas: u32,
 
-    /// Redis connections per replica; each pipelines any number of concurrent calls.
-    #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", default_value_t = 2,
-          value_parser = value_parser!(u16).range(1..=256))]
-    pub redis_connections: u16,
+    /// Redis connections per replica, each pipelining any number of concurrent calls; worker
+    /// thread i uses connection i mod this. The default is one per worker thread.
+    #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", value_parser = value_parser!(u16).range(1..=256))]
+    pub redis_connections: Option<u16>,
 
     /// Answer a throttled key's requests locally while a Redis denial proves them
     /// denied (exact: only time frees capacity). Only with --redis-url.

@@ -17,6 +17,8 @@ pub struct Config {
     /// TLS of the gRPC port; `None` serves plaintext.
     pub tls: Option<TlsFiles>,
     pub request_timeout: Duration,
+    /// Event-loop threads serving gRPC (at least 1).
+    pub worker_threads: usize,
     pub metrics_listen: SocketAddr,
     pub store: StoreConfig,
     /// The live policies; replacing them changes limits without a restart.
@@ -128,6 +130,8 @@ impl Config {
         default.failure = cli.failure_mode.into();
         let secret = read_secret(&cli)?;
         let throttle = throttle_options(&cli)?;
+        let worker_threads =
+            cli.worker_threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
         let store = match redis_endpoint(&cli)? {
             None => StoreConfig::Memory,
             Some(endpoint) => {
@@ -145,7 +149,7 @@ impl Config {
                     endpoint,
                     key_prefix: cli.redis_key_prefix.clone(),
                     timeout: cli.redis_timeout,
-                    connections: cli.redis_connections.into(),
+                    connections: cli.redis_connections.map_or(worker_threads, usize::from),
                     tls,
                     password,
                 })
@@ -169,6 +173,7 @@ impl Config {
             listen: cli.listen,
             tls: tls_files(&cli)?,
             request_timeout: cli.request_timeout,
+            worker_threads,
             metrics_listen: cli.metrics_listen,
             store,
             policies: SharedPolicies::new(policies),

@@ -14,6 +14,8 @@
 //! - [`store`]: the `Store` trait, with the Redis store (one atomic Lua script call
 //!   per decision, `lua/sliding_window.lua`) and the in-process store;
 //! - [`metrics`]: Prometheus names, the `/metrics` endpoint, the throttled-keys report;
+//! - [`workers`]: the gRPC worker threads, one event loop each, and the acceptor
+//!   that spreads connections over them;
 //! - [`bench`]: the load generator behind the `ratelimitd-bench` binary.
 
 pub mod app;
@@ -28,6 +30,7 @@ pub mod reload;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod workers;
 
 use std::sync::{Mutex, MutexGuard};
 

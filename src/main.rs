@@ -13,7 +13,9 @@ use ratelimitd::{app, shutdown, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// The main thread runs the metrics endpoint, probes and reloads; gRPC is served by
+/// worker threads of their own (see `app::serve`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.command == Some(Command::Fingerprint) {

@@ -23,6 +23,7 @@ async fn three_replicas_under_load_make_no_errors_and_stay_exact() {
     let options = LoadOptions {
         targets: servers.iter().map(|s| s.addr.to_string()).collect(),
         connections: 2,
+        threads: 2,
         callers: 64,
         keys: 200,
         distribution: KeyDistribution::Zipf(1.0),

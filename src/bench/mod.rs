@@ -31,6 +31,8 @@ pub struct LoadOptions {
     pub targets: Vec<String>,
     /// HTTP/2 connections per target.
     pub connections: usize,
+    /// Threads, each an event loop over its share of the connections and callers.
+    pub threads: usize,
     pub callers: usize,
     pub keys: usize,
     pub distribution: KeyDistribution,
@@ -77,58 +79,141 @@ struct Progress {
 }
 
 pub async fn run(options: &LoadOptions) -> Result<Report, BenchError> {
-    if options.callers == 0 || options.targets.is_empty() || options.connections == 0 {
-        return Err(BenchError::Options("need at least one target, connection and caller".into()));
+    if options.callers == 0 || options.targets.is_empty() || options.connections == 0 || options.threads == 0 {
+        return Err(BenchError::Options("need at least one target, connection, caller and thread".into()));
     }
     if options.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
         return Err(BenchError::Options("--rate must be a positive number of requests per second".into()));
     }
     let picker = KeyPicker::new(options.distribution, options.keys).map_err(BenchError::Options)?;
     let key_ids: Arc<[String]> = (0..options.keys.max(1)).map(|i| format!("{}{i}", options.key_prefix)).collect();
-    let channels = connect(options).await?;
+    let targets = targets(options)?;
+    // Each thread runs its own event loop over its own connections and callers: a
+    // connection's requests and answers are batched into few writes, and the
+    // generator's cost per call stays small next to the service it measures.
+    let threads = options.threads.min(targets.len()).min(options.callers);
     let progress = Arc::new(Progress::default());
-    let start = Instant::now();
-    let printer = options.progress.then(|| tokio::spawn(print_progress(progress.clone(), start)));
-    let mut callers = Vec::with_capacity(options.callers);
-    for id in 0..options.callers {
-        let caller = Caller {
-            id,
-            client: RateLimiterClient::new(channels[id % channels.len()].clone()),
+    let (ready, mut readies) = tokio::sync::mpsc::channel(threads);
+    let (go, gone) = tokio::sync::watch::channel(None);
+    let mut groups = Vec::with_capacity(threads);
+    for thread in 0..threads {
+        let group = Group {
+            thread,
+            threads,
+            targets: targets.iter().skip(thread).step_by(threads).cloned().collect(),
             picker: picker.clone(),
             key_ids: key_ids.clone(),
             progress: progress.clone(),
             options: options.clone(),
-            start,
         };
-        callers.push(tokio::spawn(caller.run()));
+        let (ready, gone) = (ready.clone(), gone.clone());
+        let (done, results) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("bench-{thread}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let outcome = match runtime {
+                    Ok(runtime) => runtime.block_on(group.run(ready, gone)),
+                    Err(e) => Err(BenchError::Options(format!("cannot start a runtime: {e}"))),
+                };
+                let _ = done.send(outcome);
+            })
+            .map_err(|e| BenchError::Options(format!("cannot start a thread: {e}")))?;
+        groups.push(results);
     }
-    let mut results = Vec::with_capacity(callers.len());
-    for caller in callers {
-        results.push(caller.await.map_err(|e| BenchError::Options(format!("a caller failed: {e}")))?);
+    drop(ready);
+    // Every thread connects first; the clock starts when all are ready.
+    for _ in 0..threads {
+        if readies.recv().await.is_none() {
+            break;
+        }
+    }
+    let start = Instant::now();
+    let _ = go.send(Some(start));
+    let printer = options.progress.then(|| tokio::spawn(print_progress(progress.clone(), start)));
+    let mut results = Vec::with_capacity(options.callers);
+    let mut failed = None;
+    for group in groups {
+        match group.await {
+            Ok(Ok(group)) => results.extend(group),
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => failed = failed.or(Some(BenchError::Options("a load thread stopped".into()))),
+        }
     }
     let elapsed = start.elapsed();
     if let Some(printer) = printer {
         printer.abort();
     }
-    Ok(summarise(options, results, elapsed))
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summarise(options, results, elapsed)),
+    }
 }
 
-async fn connect(options: &LoadOptions) -> Result<Vec<Channel>, BenchError> {
-    let mut channels = Vec::new();
-    for target in &options.targets {
-        let uri = if target.contains("://") { target.clone() } else { format!("http://{target}") };
-        let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| BenchError::Connect { target: target.clone(), error: e.to_string() })?
-            .tcp_nodelay(true);
-        for _ in 0..options.connections {
+/// Every connection to open: each target's URI, once per connection.
+fn targets(options: &LoadOptions) -> Result<Vec<(String, Endpoint)>, BenchError> {
+    let mut endpoints = Vec::new();
+    for _ in 0..options.connections {
+        for target in &options.targets {
+            let uri = if target.contains("://") { target.clone() } else { format!("http://{target}") };
+            let endpoint = Endpoint::from_shared(uri)
+                .map_err(|e| BenchError::Connect { target: target.clone(), error: e.to_string() })?
+                .tcp_nodelay(true);
+            endpoints.push((target.clone(), endpoint));
+        }
+    }
+    Ok(endpoints)
+}
+
+/// One thread's share: its connections, and the callers `thread`, `thread + threads`, ...
+struct Group {
+    thread: usize,
+    threads: usize,
+    targets: Vec<(String, Endpoint)>,
+    picker: KeyPicker,
+    key_ids: Arc<[String]>,
+    progress: Arc<Progress>,
+    options: LoadOptions,
+}
+
+impl Group {
+    async fn run(
+        self,
+        ready: tokio::sync::mpsc::Sender<()>,
+        mut go: tokio::sync::watch::Receiver<Option<Instant>>,
+    ) -> Result<Vec<CallerResult>, BenchError> {
+        let mut channels = Vec::with_capacity(self.targets.len());
+        for (target, endpoint) in &self.targets {
             let channel = endpoint
                 .connect()
                 .await
                 .map_err(|e| BenchError::Connect { target: target.clone(), error: e.to_string() })?;
             channels.push(channel);
         }
+        let _ = ready.send(()).await;
+        let start = match go.wait_for(Option::is_some).await {
+            Ok(start) => start.unwrap_or_else(Instant::now),
+            Err(_) => return Ok(Vec::new()),
+        };
+        let mut callers = Vec::new();
+        for (n, id) in (self.thread..self.options.callers).step_by(self.threads).enumerate() {
+            let caller = Caller {
+                id,
+                client: RateLimiterClient::new(channels[n % channels.len()].clone()),
+                picker: self.picker.clone(),
+                key_ids: self.key_ids.clone(),
+                progress: self.progress.clone(),
+                options: self.options.clone(),
+                start,
+            };
+            callers.push(tokio::spawn(caller.run()));
+        }
+        let mut results = Vec::with_capacity(callers.len());
+        for caller in callers {
+            results.push(caller.await.map_err(|e| BenchError::Options(format!("a caller failed: {e}")))?);
+        }
+        Ok(results)
     }
-    Ok(channels)
 }
 
 struct Caller {

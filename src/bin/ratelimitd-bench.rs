@@ -20,6 +20,10 @@ struct Args {
     /// HTTP/2 connections per target.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Load threads, each an event loop over its share of the connections and callers
+    /// (at most one per connection); the default is one per core.
+    #[arg(long)]
+    threads: Option<usize>,
     /// How many distinct keys.
     #[arg(long, default_value_t = 1000)]
     keys: usize,
@@ -68,7 +72,8 @@ enum Dist {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// The main thread only starts the load threads and gathers their results.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let distribution = match args.distribution {
@@ -79,6 +84,7 @@ async fn main() -> ExitCode {
     let options = LoadOptions {
         targets: args.targets,
         connections: args.connections,
+        threads: args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         callers: args.callers,
         keys: args.keys,
         distribution,

@@ -2,6 +2,7 @@
 //! atomic inside Redis and on Redis's clock, so any number of replicas sharing
 //! the Redis enforce one exact limit per key.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -70,6 +71,12 @@ impl std::fmt::Debug for RedisTls {
     }
 }
 
+thread_local! {
+    /// The lane this thread's calls use (see [`RedisStore::bind_thread`]); `None`
+    /// spreads them over the lanes in turn.
+    static THREAD_LANE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
 /// Connections come from a deadpool-redis pool (which creates them within the
 /// timeout and discards broken ones); each lane keeps one checked out and shares
 /// it among concurrent calls, since a multiplexed connection pipelines them. Going
@@ -80,6 +87,8 @@ type Lane = (Pooled, Conn);
 pub struct RedisStore {
     pools: Pools,
     /// Each lane keeps one connection checked out of the pool, and hands out clones.
+    /// Checks use the first `connections`; the last one is for PING and SCRIPT LOAD,
+    /// so that their connection is not driven by another thread than the checks'.
     lanes: Box<[RwLock<Option<Lane>>]>,
     next_lane: AtomicUsize,
     script: Script,
@@ -102,12 +111,13 @@ impl RedisStore {
         // (see `connection`), so a short call deadline does not keep cutting it off.
         let connect = options.timeout.max(CONNECT_TIMEOUT);
         let timeouts = Timeouts { wait: Some(connect), create: Some(connect), recycle: Some(connect) };
-        let mut pool_config = PoolConfig::new(options.connections);
+        let connections = options.connections.max(1);
+        let mut pool_config = PoolConfig::new(connections + 1);
         pool_config.timeouts = timeouts;
         Ok(Self {
             cluster: matches!(options.endpoint, RedisEndpoint::Cluster(_)),
             pools: Pools::new(&options, pool_config)?,
-            lanes: (0..options.connections).map(|_| RwLock::new(None)).collect(),
+            lanes: (0..=connections).map(|_| RwLock::new(None)).collect(),
             next_lane: AtomicUsize::new(0),
             script: Script::new(SCRIPT),
             key_prefix: options.key_prefix,
@@ -115,11 +125,33 @@ impl RedisStore {
         })
     }
 
+    /// Makes this thread's checks use one connection, `worker` mod `connections`. A
+    /// connection's driver runs on the event loop that opened it, so a worker thread
+    /// bound to its own connection sends and receives its calls batched, without
+    /// handing them to another thread. Unbound threads use the connections in turn.
+    pub fn bind_thread(worker: usize) {
+        THREAD_LANE.set(Some(worker));
+    }
+
+    /// The lane for PING and SCRIPT LOAD.
+    fn control_lane(&self) -> usize {
+        self.lanes.len() - 1
+    }
+
+    /// The lane for a check made on this thread.
+    fn check_lane(&self) -> usize {
+        let checks = self.lanes.len() - 1;
+        match THREAD_LANE.get() {
+            Some(worker) => worker % checks,
+            None => self.next_lane.fetch_add(1, Ordering::Relaxed) % checks,
+        }
+    }
+
     /// Loads the script, so that the first checks do not meet NOSCRIPT (they would
     /// load it and retry, as after a Redis restart or SCRIPT FLUSH).
     pub async fn prepare(&self) -> Result<(), StoreError> {
         let call = async {
-            let mut conn = self.connection(0).await?;
+            let mut conn = self.connection(self.control_lane()).await?;
             match self.script.load_async(&mut conn).await {
                 Ok(_) => Ok(()),
                 Err(e) => Err(self.failed(e)),
@@ -130,16 +162,17 @@ impl RedisStore {
         tokio::time::timeout(timeout, call).await.unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 
-    /// Checks that Redis answers (PING on the first lane), within the timeout.
+    /// Checks that Redis answers (PING on its own lane), within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let lane = self.control_lane();
         let call = async {
-            let mut conn = self.connection(0).await?;
+            let mut conn = self.connection(lane).await?;
             match redis::cmd("PING").query_async::<()>(&mut conn).await {
                 Ok(()) => Ok(()),
                 Err(e) => Err(self.failed(e)),
             }
         };
-        self.bounded(0, call).await
+        self.bounded(lane, call).await
     }
 
     /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
@@ -284,7 +317,7 @@ pub fn decode(limits: &Limits, cost: u32, reply: &[u64]) -> Result<Decision, Sto
 
 impl Store for RedisStore {
     async fn check(&self, key: &Fingerprint, limits: &Limits, cost: u32, mode: Mode) -> Result<Decision, StoreError> {
-        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        let lane = self.check_lane();
         let key = self.key_name(key);
         let started = std::time::Instant::now();
         let reply = self.bounded(lane, self.eval(lane, &key, limits, cost, mode)).await;

@@ -99,7 +99,12 @@ impl Pools {
         let built = |e: deadpool_redis::BuildError| StoreError::Failed(format!("invalid Redis configuration: {e}"));
         Ok(match &options.endpoint {
             RedisEndpoint::Url(url) => {
-                let manager = deadpool_redis::Manager::new(single(url, options)?).map_err(invalid)?;
+                // Every call is bounded by --redis-timeout (RedisStore::bounded): redis-rs's own
+                // response timeout (500 ms by default) would only add a timer per call, and cut
+                // off calls under a longer --redis-timeout.
+                let connection = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+                let manager =
+                    deadpool_redis::Manager::new_with_config(single(url, options)?, connection).map_err(invalid)?;
                 let pool = deadpool_redis::Pool::builder(manager).config(config).runtime(Runtime::Tokio1);
                 Self::Single(pool.build().map_err(built)?)
             }
