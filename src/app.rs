@@ -48,6 +48,10 @@ pub enum AppError {
     Worker(std::io::Error),
     #[error("a gRPC worker thread stopped unexpectedly")]
     WorkerStopped,
+    #[error(transparent)]
+    NoWorkers(#[from] workers::NoWorkers),
+    #[error("the gRPC acceptor stopped unexpectedly")]
+    AcceptorStopped,
     #[error("cannot set up server reflection: {0}")]
     Reflection(String),
     #[error("--tls-cert, --tls-key or --tls-client-ca do not make a usable TLS configuration: {0}")]
@@ -192,7 +196,7 @@ async fn serve<S: Store>(
     // Each worker thread is an event loop serving the connections the acceptor (on this
     // thread) gives it, from start to end: see `workers`.
     let mut inboxes = Vec::with_capacity(config.worker_threads);
-    let mut results = Vec::with_capacity(config.worker_threads);
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
     for worker in 0..config.worker_threads {
         let (handle, inbox) = workers::worker();
         let router = builder
@@ -201,48 +205,67 @@ async fn serve<S: Store>(
             .add_service(envoy.clone())
             .add_service(health_service.clone())
             .add_service(reflection.clone());
-        let (stopping, abandoned) = (stopping.clone(), abandoned.clone());
-        let (done, result) = tokio::sync::oneshot::channel();
+        let (stopping, mut abandoned) = (stopping.clone(), abandoned.clone());
+        let report = Report(Some(report.clone()));
         std::thread::Builder::new()
             .name(format!("ratelimitd-worker-{worker}"))
             .spawn(move || {
                 // Calls made on this thread use the Redis connection of the same number.
                 RedisStore::bind_thread(worker);
-                let served = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime.block_on(async move {
-                        let incoming = inbox.into_stream();
-                        tokio::select! {
-                            served = router.serve_with_incoming_shutdown(incoming, stopped(stopping)) => Ok(served?),
-                            () = stopped(abandoned) => Ok(()),
-                        }
-                    }),
-                    Err(e) => Err(AppError::Worker(e)),
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => return report.send(Err(AppError::Worker(e))),
                 };
-                let _ = done.send(served);
+                runtime.block_on(async move {
+                    let incoming = inbox.into_stream();
+                    let served = tokio::select! {
+                        served = router.serve_with_incoming_shutdown(incoming, stopped(stopping)) => {
+                            served.map_err(AppError::from)
+                        }
+                        _ = abandoned.wait_for(|stop| *stop) => Ok(()),
+                    };
+                    report.send(served);
+                    // The Redis connections this event loop drives may serve other workers'
+                    // calls (fewer connections than workers, or one a worker left in the
+                    // pool): the loop runs until every worker is done.
+                    let _ = abandoned.wait_for(|stop| *stop).await;
+                });
             })
             .map_err(AppError::Worker)?;
         inboxes.push(handle);
-        results.push(result);
     }
-    let acceptor = tokio::spawn(workers::accept(listener, inboxes, stopped(stopping)));
+    drop(report);
+    let mut acceptor = tokio::spawn(workers::accept(listener, inboxes, stopped(stopping)));
     tracing::info!(
         %addr,
         workers = config.worker_threads,
         "serving ratelimit.v1.RateLimiter, envoy.service.ratelimit.v3.RateLimitService, grpc.health.v1.Health and reflection"
     );
+    // Done when every worker is; the first failure (a worker's, or the acceptor's once
+    // no worker is left) ends serving.
     let served = async {
-        for result in results {
-            match result.await {
-                Ok(result) => result?,
-                Err(_) => return Err(AppError::WorkerStopped),
+        for _ in 0..config.worker_threads {
+            match reports.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err(AppError::WorkerStopped),
             }
         }
         Ok(())
+    };
+    let accepting = async {
+        match (&mut acceptor).await {
+            // Stopped accepting at shutdown: serving ends when the workers are done.
+            Ok(Ok(())) => std::future::pending().await,
+            Ok(Err(e)) => Err(AppError::from(e)),
+            Err(_) => Err(AppError::AcceptorStopped),
+        }
     };
     let grace = config.shutdown_grace;
     let signal = tokio::spawn(signal);
     let outcome = tokio::select! {
         served = served => served,
+        failed = accepting => failed,
         () = async { draining.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "grace period over; exiting with calls still in flight");
             Ok(())
@@ -254,6 +277,26 @@ async fn serve<S: Store>(
     outcome?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A worker thread's outcome, sent once: by the thread, or by this guard if the thread
+/// ends (panics) without sending.
+struct Report(Option<tokio::sync::mpsc::UnboundedSender<Result<(), AppError>>>);
+
+impl Report {
+    fn send(mut self, outcome: Result<(), AppError>) {
+        if let Some(report) = self.0.take() {
+            let _ = report.send(outcome);
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(report) = self.0.take() {
+            let _ = report.send(Err(AppError::WorkerStopped));
+        }
+    }
 }
 
 fn tls_config(tls: &crate::config::TlsFiles) -> ServerTlsConfig {

@@ -117,7 +117,7 @@ pub struct Cli {
     pub expected_replicas: u32,
 
     /// Redis connections per replica, each pipelining any number of concurrent calls; worker
-    /// thread i uses connection i mod this. The default is one per worker thread.
+    /// thread i uses connection i mod this. The default is one per worker thread (at most 256).
     #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", value_parser = value_parser!(u16).range(1..=256))]
     pub redis_connections: Option<u16>,
 

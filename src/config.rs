@@ -149,7 +149,7 @@ impl Config {
                     endpoint,
                     key_prefix: cli.redis_key_prefix.clone(),
                     timeout: cli.redis_timeout,
-                    connections: cli.redis_connections.map_or(worker_threads, usize::from),
+                    connections: cli.redis_connections.map_or(worker_threads.min(256), usize::from),
                     tls,
                     password,
                 })

@@ -58,39 +58,62 @@ impl Inbox {
 
 /// Accepts connections until `stop` resolves, giving each to the worker serving the
 /// fewest (the first such, so that ties go round the workers in order of start).
-/// Accept errors (out of file descriptors, a connection reset before it was accepted)
-/// are logged and accepting goes on after a pause.
-pub async fn accept(listener: TcpListener, workers: Vec<Worker>, stop: impl std::future::Future<Output = ()>) {
+/// Accept errors (out of file descriptors) are logged and accepting goes on after a
+/// pause. A worker that has stopped is taken out of the rotation; returns
+/// [`NoWorkers`] if none is left.
+pub async fn accept(
+    listener: TcpListener,
+    mut workers: Vec<Worker>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), NoWorkers> {
     tokio::pin!(stop);
     let mut next = 0;
     loop {
+        if workers.is_empty() {
+            return Err(NoWorkers);
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = &mut stop => return,
+            () = &mut stop => return Ok(()),
         };
-        let stream = match accepted.and_then(|(stream, _)| stream.set_nodelay(true).map(|()| stream)) {
-            Ok(stream) => stream,
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(error = %e, "accepting a gRPC connection failed");
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
-        // TCP_NODELAY is set above: with Nagle on, an answer written while an earlier one
-        // is unacknowledged waits for the client's delayed ACK, 40 ms.
-        let Ok(stream) = stream.into_std() else { continue };
-        let fewest = (0..workers.len())
-            .map(|i| (next + i) % workers.len())
-            .min_by_key(|&i| workers[i].load.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        next = (fewest + 1) % workers.len();
-        workers[fewest].load.fetch_add(1, Ordering::Relaxed);
-        if workers[fewest].connections.send(stream).is_err() {
-            // That worker has stopped (the server is shutting down): the connection closes.
-            workers[fewest].load.fetch_sub(1, Ordering::Relaxed);
+        // With Nagle on, an answer written while an earlier one is unacknowledged waits for
+        // the client's delayed ACK, 40 ms. A socket that fails this is already gone.
+        let Ok(mut stream) = stream.set_nodelay(true).and_then(|()| stream.into_std()) else { continue };
+        while !workers.is_empty() {
+            let fewest = (0..workers.len())
+                .map(|i| (next + i) % workers.len())
+                .min_by_key(|&i| workers[i].load.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            workers[fewest].load.fetch_add(1, Ordering::Relaxed);
+            match workers[fewest].connections.send(stream) {
+                Ok(()) => {
+                    next = (fewest + 1) % workers.len();
+                    break;
+                }
+                Err(returned) => {
+                    // That worker's thread has ended: offer the connection to another.
+                    tracing::error!("a gRPC worker thread has stopped; serving on the others");
+                    workers.swap_remove(fewest);
+                    stream = returned.0;
+                    next = 0;
+                }
+            }
         }
     }
 }
+
+/// Every worker thread has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("every gRPC worker thread has stopped")]
+pub struct NoWorkers;
 
 /// Counts a connection out of its worker's load when it closes.
 struct Guard(Arc<AtomicUsize>);
@@ -195,8 +218,31 @@ mod tests {
 
         // Once stopped, the socket is closed: a new connection is refused.
         stop.send(()).unwrap();
-        acceptor.await.unwrap();
+        acceptor.await.unwrap().expect("stopped, not out of workers");
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
         drop(served_b);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_worker_gets_no_more_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, inbox_a) = worker();
+        let (b, inbox_b) = worker();
+        let acceptor = tokio::spawn(accept(listener, vec![a, b], std::future::pending()));
+        // A's thread has ended: its inbox is gone.
+        drop(inbox_a);
+        let mut b = Box::pin(inbox_b.into_stream());
+        let mut clients = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..3 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            served.push(next(&mut b).await);
+        }
+        // B ends too: the next connection finds no worker, and the acceptor says so.
+        drop(b);
+        clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let outcome = tokio::time::timeout(Duration::from_secs(1), acceptor).await;
+        assert!(matches!(outcome, Ok(Ok(Err(NoWorkers)))), "the acceptor reports that no worker is left");
     }
 }

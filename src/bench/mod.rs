@@ -122,13 +122,17 @@ pub async fn run(options: &LoadOptions) -> Result<Report, BenchError> {
         groups.push(results);
     }
     drop(ready);
-    // Every thread connects first; the clock starts when all are ready.
+    // Every thread connects first; the clock starts when all are ready. If one cannot
+    // connect, returning drops `go`, and the others end without calling.
     for _ in 0..threads {
-        if readies.recv().await.is_none() {
-            break;
+        match readies.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err(BenchError::Options("a load thread stopped".into())),
         }
     }
     let start = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let _ = go.send(Some(start));
     let printer = options.progress.then(|| tokio::spawn(print_progress(progress.clone(), start)));
     let mut results = Vec::with_capacity(options.callers);
@@ -146,7 +150,13 @@ pub async fn run(options: &LoadOptions) -> Result<Report, BenchError> {
     }
     match failed {
         Some(e) => Err(e),
-        None => Ok(summarise(options, results, elapsed)),
+        None => {
+            let mut report = summarise(options, results, elapsed);
+            if let (Some(before), Some(after)) = (cpu_before, process_cpu_seconds()) {
+                report.generator_cpu_us_per_call = Some((after - before) * 1e6 / report.calls.max(1) as f64);
+            }
+            Ok(report)
+        }
     }
 }
 
@@ -179,18 +189,21 @@ struct Group {
 impl Group {
     async fn run(
         self,
-        ready: tokio::sync::mpsc::Sender<()>,
+        ready: tokio::sync::mpsc::Sender<Result<(), BenchError>>,
         mut go: tokio::sync::watch::Receiver<Option<Instant>>,
     ) -> Result<Vec<CallerResult>, BenchError> {
         let mut channels = Vec::with_capacity(self.targets.len());
         for (target, endpoint) in &self.targets {
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|e| BenchError::Connect { target: target.clone(), error: e.to_string() })?;
-            channels.push(channel);
+            match endpoint.connect().await {
+                Ok(channel) => channels.push(channel),
+                Err(e) => {
+                    let error = || BenchError::Connect { target: target.clone(), error: e.to_string() };
+                    let _ = ready.send(Err(error())).await;
+                    return Err(error());
+                }
+            }
         }
-        let _ = ready.send(()).await;
+        let _ = ready.send(Ok(())).await;
         let start = match go.wait_for(Option::is_some).await {
             Ok(start) => start.unwrap_or_else(Instant::now),
             Err(_) => return Ok(Vec::new()),
@@ -293,6 +306,16 @@ async fn print_progress(progress: Arc<Progress>, start: Instant) {
         );
         last = completed;
     }
+}
+
+/// This process's CPU time so far, user and system, from `/proc/self/stat` (Linux;
+/// `None` elsewhere). Its clock ticks are USER_HZ, 100 per second on Linux.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) start at the state, field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |field: usize| fields.get(field - 3)?.parse::<u64>().ok();
+    Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
 }
 
 fn summarise(options: &LoadOptions, results: Vec<CallerResult>, elapsed: Duration) -> Report {

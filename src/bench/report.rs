@@ -30,6 +30,9 @@ pub struct Report {
     pub exactness: Exactness,
     /// Redis script calls per check, when the benchmark could read Redis's counters.
     pub redis_calls_per_check: Option<f64>,
+    /// CPU time this generator used per call (user and system, µs), where the OS says:
+    /// on a shared machine, what the load itself costs.
+    pub generator_cpu_us_per_call: Option<f64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -120,6 +123,7 @@ impl Report {
             },
             exactness,
             redis_calls_per_check: None,
+            generator_cpu_us_per_call: None,
         }
     }
 }
@@ -172,6 +176,9 @@ impl fmt::Display for Report {
         )?;
         if let Some(per_check) = self.redis_calls_per_check {
             writeln!(f, "redis      {per_check:.4} script calls per check")?;
+        }
+        if let Some(cpu) = self.generator_cpu_us_per_call {
+            writeln!(f, "generator  {cpu:.1} µs of CPU per call")?;
         }
         Ok(())
     }
