@@ -205,7 +205,7 @@ async fn serve<S: Store>(
             .add_service(envoy.clone())
             .add_service(health_service.clone())
             .add_service(reflection.clone());
-        let (stopping, mut abandoned) = (stopping.clone(), abandoned.clone());
+        let (stopping, abandoned) = (stopping.clone(), abandoned.clone());
         let report = Report(Some(report.clone()));
         std::thread::Builder::new()
             .name(format!("ratelimitd-worker-{worker}"))
@@ -222,13 +222,13 @@ async fn serve<S: Store>(
                         served = router.serve_with_incoming_shutdown(incoming, stopped(stopping)) => {
                             served.map_err(AppError::from)
                         }
-                        _ = abandoned.wait_for(|stop| *stop) => Ok(()),
+                        () = stopped(abandoned.clone()) => Ok(()),
                     };
                     report.send(served);
                     // The Redis connections this event loop drives may serve other workers'
                     // calls (fewer connections than workers, or one a worker left in the
                     // pool): the loop runs until every worker is done.
-                    let _ = abandoned.wait_for(|stop| *stop).await;
+                    stopped(abandoned).await;
                 });
             })
             .map_err(AppError::Worker)?;

@@ -4,10 +4,9 @@
 //!
 //! Why not one multi-threaded runtime: there, the task that completes an answer wakes
 //! its connection's task, which runs at once on the same thread (tokio's LIFO slot) or
-//! on the other, and writes that one answer: a system call per answer, and as many
-//! Redis writes. Within one event loop, a batch of Redis replies completes a batch of
-//! answers, and the connection writes them together (profiled: less than half the CPU
-//! per check, see BENCHMARKS.md).
+//! on the other, and writes that one answer: a system call per answer. Within one event
+//! loop, a batch of Redis replies completes a batch of answers, and the connection
+//! writes them together (profiled: less than half the CPU per check, see BENCHMARKS.md).
 
 use std::io;
 use std::pin::Pin;
@@ -186,14 +185,19 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), incoming.next()).await.is_err()
     }
 
-    #[tokio::test]
-    async fn each_connection_goes_to_the_worker_serving_the_fewest() {
+    /// A listener on a free port, its address, and two workers with their inboxes.
+    async fn two_workers() -> (TcpListener, std::net::SocketAddr, Vec<Worker>, Inbox, Inbox) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (a, inbox_a) = worker();
-        let (b, inbox_b) = worker();
+        let ((a, inbox_a), (b, inbox_b)) = (worker(), worker());
+        (listener, addr, vec![a, b], inbox_a, inbox_b)
+    }
+
+    #[tokio::test]
+    async fn each_connection_goes_to_the_worker_serving_the_fewest() {
+        let (listener, addr, workers, inbox_a, inbox_b) = two_workers().await;
         let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
-        let acceptor = tokio::spawn(accept(listener, vec![a, b], async move {
+        let acceptor = tokio::spawn(accept(listener, workers, async move {
             let _ = stopping.await;
         }));
         let (mut a, mut b) = (Box::pin(inbox_a.into_stream()), Box::pin(inbox_b.into_stream()));
@@ -225,11 +229,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_stopped_worker_gets_no_more_connections() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (a, inbox_a) = worker();
-        let (b, inbox_b) = worker();
-        let acceptor = tokio::spawn(accept(listener, vec![a, b], std::future::pending()));
+        let (listener, addr, workers, inbox_a, inbox_b) = two_workers().await;
+        let acceptor = tokio::spawn(accept(listener, workers, std::future::pending()));
         // A's thread has ended: its inbox is gone.
         drop(inbox_a);
         let mut b = Box::pin(inbox_b.into_stream());

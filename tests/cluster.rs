@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestServer, check, try_check};
@@ -137,14 +136,7 @@ async fn three_replicas_on_a_cluster_stay_exact_through_a_failover() {
     })
     .await;
     let promoted_after = failover_at.elapsed();
-    let (mut by_key, mut closed): (HashMap<usize, Vec<Record>>, usize) = (HashMap::new(), 0);
-    for caller in callers {
-        let (records, fell_back) = caller.await.expect("a caller panicked");
-        closed += fell_back;
-        for (key, record) in records {
-            by_key.entry(key).or_default().push(record);
-        }
-    }
+    let (by_key, closed) = common::gather(callers).await;
     let mut keys_per_master = Vec::new();
     for node in &nodes {
         let role: Vec<redis::Value> = cmd(node, &["ROLE"]).await;

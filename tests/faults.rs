@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -288,14 +287,7 @@ async fn a_replica_killed_under_load() {
     let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut by_key, mut failovers): (HashMap<usize, Vec<Record>>, usize) = (HashMap::new(), 0);
-    for caller in callers {
-        let (records, failed) = caller.await.expect("a caller panicked");
-        failovers += failed;
-        for (key, record) in records {
-            by_key.entry(key).or_default().push(record);
-        }
-    }
+    let (by_key, failovers) = common::gather(callers).await;
     let still_serving = replicas[1..].iter().all(|r| r.scrape().contains("ratelimitd_store_up 1"));
     println!("{failovers} calls failed over after the kill {:?} ago", killed_at.elapsed());
     common::assert_exact("replica killed", &by_key, LIMIT, WINDOW_MS, false);

@@ -31,7 +31,8 @@ pub struct RedisOptions {
     pub key_prefix: String,
     /// The bound on each call, connecting included.
     pub timeout: Duration,
-    /// Multiplexed connections; each pipelines any number of concurrent calls.
+    /// Multiplexed connections for checks (one more is opened for PING and SCRIPT LOAD);
+    /// each pipelines any number of concurrent calls.
     pub connections: usize,
     /// For rediss:// URLs: how to verify the server, and a client certificate.
     pub tls: Option<RedisTls>,

@@ -6,11 +6,13 @@
 pub mod pki;
 pub mod process;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::time::Duration;
 
 use clap::Parser;
 use ratelimitd::app::{self, AppError};
+use ratelimitd::bench::exactness::Record;
 use ratelimitd::cli::Cli;
 use ratelimitd::config::Config;
 use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
@@ -254,12 +256,30 @@ pub fn container_ip(id: &str) -> String {
     ip
 }
 
+/// What a load caller returns: its decisions, as (key, record), and a count.
+pub type CallerOutcome = (Vec<(usize, Record)>, usize);
+
+/// Waits for load callers that each return their decisions, as (key, record), and a
+/// count of calls answered otherwise (a fallback, a failed call); groups the decisions
+/// by key and adds up the counts.
+pub async fn gather(callers: Vec<tokio::task::JoinHandle<CallerOutcome>>) -> (HashMap<usize, Vec<Record>>, usize) {
+    let (mut by_key, mut other) = (HashMap::<_, Vec<_>>::new(), 0);
+    for caller in callers {
+        let (records, count) = caller.await.expect("a caller panicked");
+        other += count;
+        for (key, record) in records {
+            by_key.entry(key).or_default().push(record);
+        }
+    }
+    (by_key, other)
+}
+
 /// Checks the exactness rule per key over recorded decisions (never over, never
 /// under), printing each key's figures under `label`; `saturated` also asserts each key
 /// reached its limit in some window (the load was enough to test "never over").
 pub fn assert_exact<K: std::fmt::Display>(
     label: &str,
-    by_key: &std::collections::HashMap<K, Vec<ratelimitd::bench::exactness::Record>>,
+    by_key: &HashMap<K, Vec<Record>>,
     limit: u32,
     window_ms: u64,
     saturated: bool,
