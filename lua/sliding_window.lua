@@ -1,16 +1,25 @@
 -- sliding_window.lua: one exact sliding-window check-and-consume over one to four
 -- windows, atomically, on Redis's clock.
 --
--- KEYS[1]  the API key's ring, named <prefix>{<fingerprint>} (one key, one Cluster slot)
--- ARGV[1]  cost c of this request, 1 <= c <= every window's limit
--- ARGV[2]  'consume' (count the request if it fits every window) or 'peek' (write nothing)
--- ARGV[3]  '' to use Redis TIME, or the caller's clock in Unix ms. The service always
---          passes ''; a caller clock (trusting each replica's clock) exists for Redis
+-- The script decides one or more requests, in order, each as if called alone: a batch of
+-- checks costs Redis one script call instead of one each.
+-- KEYS[k]  the ring of check k's API key, named <prefix>{<fingerprint>} (one key, one Cluster
+--          slot; a batch on Redis Cluster must keep to one slot)
+-- ARGV[1]  '' to use Redis TIME, or the caller's clock in Unix ms, for every check. The service
+--          always passes ''; a caller clock (trusting each replica's clock) exists for Redis
 --          services that forbid TIME in scripts and for tests that replay a timeline.
--- ARGV[4], ARGV[5]  limit L1 and window W1 (ms) of the longest window, 1 <= L, 1 <= W
--- ARGV[6], ARGV[7] ...  further windows (at most 4 in all), each shorter than the one before
+-- Then for each check k, in the order of KEYS:
+--   n       its number of windows, 1 to 4
+--   c       its cost, 1 <= c <= every window's limit
+--   mode    'consume' (count the request if it fits every window) or 'peek' (write nothing)
+--   L1 W1   limit and window (ms) of the longest window, 1 <= L, 1 <= W
+--   ...     the n - 1 further windows, each shorter than the one before
 --
--- Returns {allowed (1|0), decided_at_ms, newest_ms (the key's newest unit before this
+-- Returns one reply per check, in order: its decision, or a string saying why it could not be
+-- decided (bad arguments, or a key that is not ours), which leaves that key unchanged and
+-- the other checks decided. Arguments whose shape is wrong fail the whole call, before any
+-- check. A decision is
+--   {allowed (1|0), decided_at_ms, newest_ms (the key's newest unit before this
 -- request, 0 if none), then for each window: spare (units free before this request),
 -- retry_after_ms (0 if the request fits that window)}. The caller assembles remaining,
 -- retry and reset from these (src/limiter/decision.rs), as the in-process store does.
@@ -56,98 +65,25 @@
 -- galloping back from the newest slot. Writes are one SETRANGE of the c slots plus
 -- the header; the TTL is pushed out in steps of W/8, not on every call.
 
-local key = KEYS[1]
-local cost = tonumber(ARGV[1])
-local peek = ARGV[2] == 'peek'
-local limits, windows = {}, {}
-for i = 4, #ARGV, 2 do
-  limits[#limits + 1] = tonumber(ARGV[i])
-  windows[#windows + 1] = tonumber(ARGV[i + 1])
-end
-local count = #limits
-local valid = cost and cost >= 1 and count >= 1 and count <= 4 and (ARGV[2] == 'consume' or peek)
-local capacity_needed = 0
-for i = 1, count do
-  local l, w = limits[i], windows[i]
-  if not l or not w or l < 1 or w < 1 or cost == nil or cost > l or (i > 1 and w >= windows[i - 1]) then
-    valid = false
-  elseif l > capacity_needed then
-    capacity_needed = l
-  end
-end
-if not valid then
-  return redis.error_reply('ERR ratelimitd: invalid arguments: need cost, consume|peek, clock, then 1-4 (limit, window) pairs, longest first, cost <= every limit')
-end
-
 local HEADER = 40
 local LAYOUT = '<I4I4I4I4i8i8i8'
 local SLOT = 8
 local FORMAT = 1
 local ZERO_SLOT = string.rep('\0', SLOT)
 
-local now = tonumber(ARGV[3])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- The ring being decided, set by decide() for the helpers below.
+local ring_key, ring_head, ring_capacity, ring_body, seen
 
-local longest = windows[1]
--- How long past its last needed moment a key may live: the TTL moves in these steps.
-local slack = math.floor(longest / 8)
-
-local header = redis.call('GETRANGE', key, 0, HEADER - 1)
-if #header < HEADER then
-  local reply = {1, now, 0}
-  for i = 1, count do
-    reply[#reply + 1] = limits[i]
-    reply[#reply + 1] = 0
-  end
-  if peek then
-    return reply
-  end
-  -- A new key: Redis allocates the whole ring at its exact size, zero-filled, once
-  -- (a SETRANGE past the end of a missing key), so no Lua string of C slots is built
-  -- and hashed, and later writes never grow (and over-allocate) it. The first c
-  -- slots follow the header, so one write sets both.
-  local stamp = struct.pack('<i8', now)
-  local expires = now + longest + slack
-  local capacity = capacity_needed
-  redis.call('SETRANGE', key, HEADER + (capacity - 1) * SLOT, ZERO_SLOT)
-  redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, cost % capacity, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
-  redis.call('PEXPIREAT', key, expires)
-  return reply
-end
-
-local capacity, head, hint, format, expires, newest, hint_cutoff = struct.unpack(LAYOUT, header)
-if format ~= FORMAT then
-  return redis.error_reply('ERR ratelimitd: key ' .. key .. ' does not hold a format ' .. FORMAT .. ' ratelimitd ring')
-end
-local body = nil
-if capacity < capacity_needed then
-  body = redis.call('GETRANGE', key, HEADER, -1)
-  if #body ~= capacity * SLOT then
-    return redis.error_reply('ERR ratelimitd: key ' .. key .. ' does not hold a ratelimitd ring')
-  end
-  local split = head * SLOT
-  body = string.rep(ZERO_SLOT, capacity_needed - capacity) .. string.sub(body, split + 1) .. string.sub(body, 1, split)
-  capacity, head, hint, hint_cutoff = capacity_needed, 0, 0, 0
-  if not peek then
-    redis.call('SET', key, struct.pack(LAYOUT, capacity, head, hint, FORMAT, expires, newest, hint_cutoff) .. body, 'KEEPTTL')
-    body = nil
-  end
-end
-
-local seen = {}
--- Slot j of the ring, 0 = oldest (each read at most once per call). A peek that
+-- Slot j of the ring being decided, 0 = oldest (each read at most once per check). A peek that
 -- grew the ring reads the grown copy it did not write.
 local function slot_at(j)
   local value = seen[j]
   if not value then
-    local offset = ((head + j) % capacity) * SLOT
-    if body then
-      value = struct.unpack('<i8', string.sub(body, offset + 1, offset + SLOT))
+    local offset = ((ring_head + j) % ring_capacity) * SLOT
+    if ring_body then
+      value = struct.unpack('<i8', string.sub(ring_body, offset + 1, offset + SLOT))
     else
-      value = struct.unpack('<i8', redis.call('GETRANGE', key, HEADER + offset, HEADER + offset + SLOT - 1))
+      value = struct.unpack('<i8', redis.call('GETRANGE', ring_key, HEADER + offset, HEADER + offset + SLOT - 1))
     end
     seen[j] = value
   end
@@ -196,74 +132,182 @@ local function gallop_back(lo, hi, cutoff)
   return lo
 end
 
-if newest > now then
-  now = newest
-end
+-- Decides one request of `cost` for `key` (the script's work for one check, see the top);
+-- returns its reply, or a string saying what is wrong with the key.
+local function decide(key, cost, peek, limits, windows, capacity_needed, now)
+  local count = #limits
+  local longest = windows[1]
+  -- How long past its last needed moment a key may live: the TTL moves in these steps.
+  local slack = math.floor(longest / 8)
 
--- The longest window's frontier: every slot before the hint was outside the window
--- at the last call, and cutoffs only grow, so search from there.
-local cutoff = now - longest
-local start = 0
-if cutoff >= hint_cutoff then
-  start = (hint - head) % capacity
-end
-local frontier = gallop_forward(start, capacity, cutoff)
-local new_hint = (head + frontier) % capacity
+  local header = redis.call('GETRANGE', key, 0, HEADER - 1)
+  if #header < HEADER then
+    local reply = {1, now, 0}
+    for i = 1, count do
+      reply[#reply + 1] = limits[i]
+      reply[#reply + 1] = 0
+    end
+    if peek then
+      return reply
+    end
+    -- A new key: Redis allocates the whole ring at its exact size, zero-filled, once
+    -- (a SETRANGE past the end of a missing key), so no Lua string of C slots is built
+    -- and hashed, and later writes never grow (and over-allocate) it. The first c
+    -- slots follow the header, so one write sets both.
+    local stamp = struct.pack('<i8', now)
+    local expires = now + longest + slack
+    local capacity = capacity_needed
+    redis.call('SETRANGE', key, HEADER + (capacity - 1) * SLOT, ZERO_SLOT)
+    redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, cost % capacity, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
+    redis.call('PEXPIREAT', key, expires)
+    return reply
+  end
 
-local allowed = 1
-local reply = {0, now, newest}
-for i = 1, count do
-  local l, w = limits[i], windows[i]
-  local decisive = capacity - l + cost - 1
-  local f = frontier
-  if i > 1 then
-    local c = now - w
-    if slot_at(decisive) <= c then
-      f = gallop_back(decisive + 1, capacity, c)
-    else
-      f = gallop_back(0, decisive, c)
+  local capacity, head, hint, format, expires, newest, hint_cutoff = struct.unpack(LAYOUT, header)
+  if format ~= FORMAT then
+    return 'ERR ratelimitd: key ' .. key .. ' does not hold a format ' .. FORMAT .. ' ratelimitd ring'
+  end
+  local body = nil
+  if capacity < capacity_needed then
+    body = redis.call('GETRANGE', key, HEADER, -1)
+    if #body ~= capacity * SLOT then
+      return 'ERR ratelimitd: key ' .. key .. ' does not hold a ratelimitd ring'
+    end
+    local split = head * SLOT
+    body = string.rep(ZERO_SLOT, capacity_needed - capacity) .. string.sub(body, split + 1) .. string.sub(body, 1, split)
+    capacity, head, hint, hint_cutoff = capacity_needed, 0, 0, 0
+    if not peek then
+      redis.call('SET', key, struct.pack(LAYOUT, capacity, head, hint, FORMAT, expires, newest, hint_cutoff) .. body, 'KEEPTTL')
+      body = nil
     end
   end
-  -- Room left under the limit; below 0 while a lowered limit still counts older units.
-  local spare = math.max(f - (capacity - l), 0)
-  local retry = 0
-  if f <= decisive then
-    allowed = 0
-    retry = slot_at(decisive) + w - now
-  end
-  reply[#reply + 1] = spare
-  reply[#reply + 1] = retry
-end
-reply[1] = allowed
-if peek then
-  return reply
-end
 
-if allowed == 0 then
-  local keep = newest + longest
-  local extended = keep > expires
-  if extended then
-    -- A longer window than the key has lived by: keep its history that long.
-    expires = keep + slack
+  ring_key, ring_head, ring_capacity, ring_body, seen = key, head, capacity, body, {}
+
+  if newest > now then
+    now = newest
+  end
+
+  -- The longest window's frontier: every slot before the hint was outside the window
+  -- at the last call, and cutoffs only grow, so search from there.
+  local cutoff = now - longest
+  local start = 0
+  if cutoff >= hint_cutoff then
+    start = (hint - head) % capacity
+  end
+  local frontier = gallop_forward(start, capacity, cutoff)
+  local new_hint = (head + frontier) % capacity
+
+  local allowed = 1
+  local reply = {0, now, newest}
+  for i = 1, count do
+    local l, w = limits[i], windows[i]
+    local decisive = capacity - l + cost - 1
+    local f = frontier
+    if i > 1 then
+      local c = now - w
+      if slot_at(decisive) <= c then
+        f = gallop_back(decisive + 1, capacity, c)
+      else
+        f = gallop_back(0, decisive, c)
+      end
+    end
+    -- Room left under the limit; below 0 while a lowered limit still counts older units.
+    local spare = math.max(f - (capacity - l), 0)
+    local retry = 0
+    if f <= decisive then
+      allowed = 0
+      retry = slot_at(decisive) + w - now
+    end
+    reply[#reply + 1] = spare
+    reply[#reply + 1] = retry
+  end
+  reply[1] = allowed
+  if peek then
+    return reply
+  end
+
+  if allowed == 0 then
+    local keep = newest + longest
+    local extended = keep > expires
+    if extended then
+      -- A longer window than the key has lived by: keep its history that long.
+      expires = keep + slack
+      redis.call('PEXPIREAT', key, expires)
+    end
+    if extended or new_hint ~= hint then
+      -- Nothing is counted; the header only remembers the frontier and the expiry.
+      redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, head, new_hint, FORMAT, expires, newest, cutoff))
+    end
+    return reply
+  end
+
+  -- The c oldest slots are outside every window (they precede each frontier).
+  local stamp = struct.pack('<i8', now)
+  if expires < now + longest then
+    expires = now + longest + slack
     redis.call('PEXPIREAT', key, expires)
   end
-  if extended or new_hint ~= hint then
-    -- Nothing is counted; the header only remembers the frontier and the expiry.
-    redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, head, new_hint, FORMAT, expires, newest, cutoff))
+  local first = math.min(cost, capacity - head)
+  redis.call('SETRANGE', key, HEADER + head * SLOT, string.rep(stamp, first))
+  if cost > first then
+    redis.call('SETRANGE', key, HEADER, string.rep(stamp, cost - first))
   end
+  redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, cutoff))
   return reply
 end
 
--- The c oldest slots are outside every window (they precede each frontier).
-local stamp = struct.pack('<i8', now)
-if expires < now + longest then
-  expires = now + longest + slack
-  redis.call('PEXPIREAT', key, expires)
+local MALFORMED = 'ERR ratelimitd: invalid arguments: need the clock, then for each key: the number of windows (1-4), cost, consume|peek, and that many (limit, window) pairs'
+
+-- Reads every check's arguments before deciding any: a malformed call changes nothing.
+local checks = {}
+local p = 2
+for k = 1, #KEYS do
+  local count = tonumber(ARGV[p])
+  if not count or count < 1 or count > 4 or count % 1 ~= 0 or p + 2 + 2 * count > #ARGV then
+    return redis.error_reply(MALFORMED)
+  end
+  local cost, mode = tonumber(ARGV[p + 1]), ARGV[p + 2]
+  local limits, windows = {}, {}
+  local valid = cost ~= nil and cost >= 1 and (mode == 'consume' or mode == 'peek')
+  local capacity_needed = 0
+  for i = 1, count do
+    local l, w = tonumber(ARGV[p + 1 + 2 * i]), tonumber(ARGV[p + 2 + 2 * i])
+    limits[i], windows[i] = l, w
+    if not l or not w or l < 1 or w < 1 or not valid or cost > l or (i > 1 and w >= windows[i - 1]) then
+      valid = false
+    elseif l > capacity_needed then
+      capacity_needed = l
+    end
+  end
+  checks[k] = {valid, cost, mode == 'peek', limits, windows, capacity_needed}
+  p = p + 3 + 2 * count
 end
-local first = math.min(cost, capacity - head)
-redis.call('SETRANGE', key, HEADER + head * SLOT, string.rep(stamp, first))
-if cost > first then
-  redis.call('SETRANGE', key, HEADER, string.rep(stamp, cost - first))
+if p ~= #ARGV + 1 or #KEYS == 0 then
+  return redis.error_reply(MALFORMED)
 end
-redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, cutoff))
-return reply
+
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local replies = {}
+for k = 1, #KEYS do
+  local check = checks[k]
+  if not check[1] then
+    replies[k] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': cost must be at least 1 and at most every limit, mode consume or peek, limits and windows at least 1, windows longest first'
+  else
+    -- A Redis error (a key of another type) ends this check only.
+    local ok, reply = pcall(decide, KEYS[k], check[2], check[3], check[4], check[5], check[6], now)
+    if ok then
+      replies[k] = reply
+    elseif type(reply) == 'table' and reply.err then
+      replies[k] = reply.err
+    else
+      replies[k] = tostring(reply)
+    end
+  end
+end
+return replies

@@ -70,29 +70,44 @@ start_server() { # limit [binary]
     sleep 0.1
   done
 }
+# Checks the running ratelimitd has sent to Redis so far (the sum of its batch-size
+# histogram; empty from a build without batches).
+redis_checks() {
+  python3 - "$metrics_port" <<'PY'
+import sys, urllib.request
+try:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+except OSError as e:
+    sys.exit(f"bench.sh: cannot read ratelimitd's metrics: {e}")
+print(next((l.split()[-1] for l in text.splitlines() if l.startswith("ratelimitd_redis_batch_checks_sum")), ""))
+PY
+}
 # CPU time (user + system) of a process so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 redis_pid=$(docker inspect -f '{{.State.Pid}}' "$container")
 bench() { # name, ratelimitd-bench flags...
   local name=$1; shift
   echo "== $name: ratelimitd-bench $*"
-  local server0 redis0
-  server0=$(cpu_ticks "$server_pid") redis0=$(cpu_ticks "$redis_pid")
+  local server0 redis0 checks0
+  server0=$(cpu_ticks "$server_pid") redis0=$(cpu_ticks "$redis_pid") checks0=$(redis_checks)
   target/release/ratelimitd-bench --target "127.0.0.1:$grpc_port" --redis-url "$redis_url" --quiet "$@" \
     --json >"$out/$name.json" || true
   python3 - "$out/$name.json" "$(( $(cpu_ticks "$server_pid") - server0 ))" "$(( $(cpu_ticks "$redis_pid") - redis0 ))" \
-    "$(getconf CLK_TCK)" <<'PY'
+    "$(getconf CLK_TCK)" "$checks0" "$(redis_checks)" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); l = r["latency_us"]; e = r["exactness"]
 server, redis, hz = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 calls = max(r["calls"], 1)
+# Checks decided in Redis per check: script calls per check counts a batch once.
+r["redis_checks_per_check"] = (float(sys.argv[6]) - float(sys.argv[5])) / calls if sys.argv[5] and sys.argv[6] else None
 r["cpu_us_per_check"] = {"ratelimitd": server / hz * 1e6 / calls, "redis": redis / hz * 1e6 / calls,
                          "generator": r["generator_cpu_us_per_call"]}
 json.dump(r, open(sys.argv[1], "w"), indent=2)
 print(f'   {r["throughput_per_s"]:.0f} checks/s, p50 {l["p50"]/1000:.2f} ms, p99 {l["p99"]/1000:.2f} ms, '
       f'p99.9 {l["p999"]/1000:.2f} ms, max {l["max"]/1000:.2f} ms; {r["allowed"]} allowed, {r["denied"]} denied, '
       f'{r["errors"]} errors; exactness {"holds" if e["keys_over"] == 0 and e["wrongly_denied"] == 0 else "BROKEN"} '
-      f'(worst {e["worst_max_in_window"]}/{e["worst_limit"]}); {r["redis_calls_per_check"]:.4f} Redis calls per check')
+      f'(worst {e["worst_max_in_window"]}/{e["worst_limit"]}); {r["redis_calls_per_check"]:.4f} Redis script calls and '
+      f'{"n/a" if r["redis_checks_per_check"] is None else format(r["redis_checks_per_check"], ".4f")} checks decided in Redis per check')
 c = r["cpu_us_per_check"]
 print(f'   CPU per check: ratelimitd {c["ratelimitd"]:.1f} µs, Redis {c["redis"]:.1f} µs, generator {c["generator"] or 0:.1f} µs')
 PY

@@ -19,10 +19,10 @@ while getopts "h:p:c:k:n:l:w:" opt; do
 done
 
 sha=$(redis-cli -h "$host" -p "$port" SCRIPT LOAD "$(cat lua/sliding_window.lua)")
-# The script's arguments (see its header): cost 1, consume, Redis's clock, one window.
+# The script's arguments (see its header): Redis's clock, then one check of one window, cost 1, consume.
 for pipeline in 1 16; do
   # __rand_int__ becomes a random 12-digit number below -r: uniform over $keys keys.
   rps=$(redis-benchmark -h "$host" -p "$port" -c "$clients" -n "$requests" -r "$keys" -P "$pipeline" --csv \
-    EVALSHA "$sha" 1 "ceiling-$limit:{__rand_int__}" 1 consume "" "$limit" "$window" | tail -n 1 | cut -d'"' -f4)
+    EVALSHA "$sha" 1 "ceiling-$limit:{__rand_int__}" "" 1 1 consume "$limit" "$window" | tail -n 1 | cut -d'"' -f4)
   echo "redis ceiling: limit $limit, $clients clients, $keys keys, -P $pipeline: $rps EVALSHA/s"
 done

@@ -121,6 +121,14 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", value_parser = value_parser!(u16).range(1..=256))]
     pub redis_connections: Option<u16>,
 
+    /// The most checks one Redis script call decides (1-1024). Checks that arrive on a
+    /// connection while two of its calls are out wait and leave together, which costs
+    /// Redis far less per check; 1 sends every check on its own. Redis Cluster always
+    /// gets one check per call.
+    #[arg(long, env = "RATELIMITD_REDIS_BATCH", default_value_t = 32,
+          value_parser = value_parser!(u16).range(1..=1024))]
+    pub redis_batch: u16,
+
     /// Answer a throttled key's requests locally while a Redis denial proves them
     /// denied (exact: only time frees capacity). Only with --redis-url.
     #[arg(long, env = "RATELIMITD_DENY_CACHE", default_value_t = true, action = clap::ArgAction::Set)]

@@ -150,6 +150,7 @@ impl Config {
                     key_prefix: cli.redis_key_prefix.clone(),
                     timeout: cli.redis_timeout,
                     connections: cli.redis_connections.map_or(worker_threads.min(256), usize::from),
+                    batch: usize::from(cli.redis_batch),
                     tls,
                     password,
                 })

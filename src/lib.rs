@@ -11,8 +11,9 @@
 //!   mapping of domain results to protobuf messages and gRPC statuses;
 //! - [`limiter`]: the domain, with no gRPC or Redis types: policies, validation,
 //!   fingerprints (the raw key never leaves this layer) and the ring algorithm;
-//! - [`store`]: the `Store` trait, with the Redis store (one atomic Lua script call
-//!   per decision, `lua/sliding_window.lua`) and the in-process store;
+//! - [`store`]: the `Store` trait, with the Redis store (atomic Lua script calls,
+//!   `lua/sliding_window.lua`, each deciding a batch of checks one by one) and the
+//!   in-process store;
 //! - [`metrics`]: Prometheus names, the `/metrics` endpoint, the throttled-keys report;
 //! - [`workers`]: the gRPC worker threads, one event loop each, and the acceptor
 //!   that spreads connections over them;

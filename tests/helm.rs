@@ -199,7 +199,7 @@ fn the_deployment_configures_through_real_variables_and_keeps_secrets_off_the_co
     for variable in &used {
         assert!(known.contains(variable), "the deployment sets {variable}, which no flag reads");
     }
-    for number in [".Values.limit |", ".Values.redis.connections |"] {
+    for number in [".Values.limit |", ".Values.redis.connections |", ".Values.redis.batch |"] {
         let piped = deployment.split(number).nth(1).unwrap_or_default();
         assert!(
             piped.trim_start().starts_with("int64"),

@@ -92,15 +92,126 @@ async fn recovers_when_redis_restarts_empty() {
     }
 }
 
+/// A batch decides each check on its own: a key of another type, or a check with bad
+/// arguments, fails that check alone and changes nothing, and the checks around it
+/// are decided. A call whose arguments are malformed fails whole, before any check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
+    use ratelimitd::limiter::{Limits, Mode, Window};
+    use ratelimitd::store::StoreError;
+    use ratelimitd::store::redis::{invocation, replies_of};
+
+    let backend = Backend::redis().await;
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let () = redis::cmd("HSET").arg("not-a-ring").arg("field").arg("kept").query_async(&mut conn).await.unwrap();
+    let limits = Limits::new(&[Window::new(5, Duration::from_secs(60)).unwrap()]).unwrap();
+    let checks = [
+        (b"ring-a".as_slice(), &limits, 2, Mode::Consume),
+        (b"not-a-ring".as_slice(), &limits, 1, Mode::Consume),
+        (b"bad-cost".as_slice(), &limits, 0, Mode::Consume),
+        (b"ring-a".as_slice(), &limits, 3, Mode::Consume),
+        (b"ring-a".as_slice(), &limits, 1, Mode::Consume),
+    ];
+    let replies: Vec<redis::Value> = invocation(&script, &checks, None).invoke_async(&mut conn).await.unwrap();
+    let replies = replies_of(checks.len(), replies).unwrap();
+    let allowed: Vec<Option<bool>> = replies.iter().map(|r| r.as_ref().ok().map(|values| values[0] == 1)).collect();
+    assert_eq!(allowed, [Some(true), None, None, Some(true), Some(false)], "{replies:?}");
+    let words = |i: usize| match &replies[i] {
+        Err(StoreError::Failed(words)) => words.clone(),
+        other => panic!("check {i}: {other:?}"),
+    };
+    assert!(words(1).contains("WRONGTYPE"), "{}", words(1));
+    assert!(words(2).contains("invalid arguments"), "{}", words(2));
+    let field: String = redis::cmd("HGET").arg("not-a-ring").arg("field").query_async(&mut conn).await.unwrap();
+    assert_eq!(field, "kept");
+    let exists: u32 = redis::cmd("EXISTS").arg("bad-cost").query_async(&mut conn).await.unwrap();
+    assert_eq!(exists, 0);
+
+    // The second check lacks its window's length: nothing is decided, not even the first.
+    let mut malformed = script.prepare_invoke();
+    malformed.arg("").key("ring-b").arg(1).arg(1).arg("consume").arg(5).arg(60_000);
+    malformed.key("ring-c").arg(1).arg(1).arg("consume").arg(5);
+    let error = malformed.invoke_async::<redis::Value>(&mut conn).await.expect_err("a malformed call fails");
+    assert!(error.to_string().contains("invalid arguments"), "{error}");
+    let exists: u32 = redis::cmd("EXISTS").arg("ring-b").arg("ring-c").query_async(&mut conn).await.unwrap();
+    assert_eq!(exists, 0);
+}
+
+/// Checks that arrive while a connection's calls are out share the next script call,
+/// and are decided exactly as one by one. Redis is frozen while 20 checks of one key
+/// arrive: two calls are out (one check each), the other 18 wait and leave together.
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_waiting_for_a_busy_connection_share_one_script_call() {
+    use ratelimitd::limiter::{Fingerprint, Limits, Mode, Window};
+    use ratelimitd::store::Store;
+
+    let backend = Backend::redis().await;
+    let redis = backend.redis.as_ref().unwrap();
+    let store = std::sync::Arc::new(one_connection_store(redis, "shared:"));
+    let limits = Limits::new(&[Window::new(5, Duration::from_secs(60)).unwrap()]).unwrap();
+    let key = Fingerprint::from_bytes([3; 16]);
+    // The script loaded and the connection open, so that nothing but the checks is timed.
+    store.prepare().await.unwrap();
+    store.check(&Fingerprint::from_bytes([4; 16]), &limits, 1, Mode::Consume).await.unwrap();
+    let before = evalsha_calls(redis).await;
+
+    redis.pause().await;
+    let checks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = std::sync::Arc::clone(&store);
+            tokio::spawn(async move { store.check(&key, &limits, 1, Mode::Consume).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.unpause().await;
+    let mut remaining = Vec::new();
+    for check in checks {
+        let decision = check.await.unwrap().expect("decided");
+        if decision.allowed {
+            remaining.push(decision.remaining);
+        }
+    }
+    remaining.sort_unstable();
+    assert_eq!(remaining, [0, 1, 2, 3, 4], "exactly the limit, each allowed check seeing its own remaining");
+    let calls = evalsha_calls(redis).await - before;
+    println!("20 checks in {calls} script calls");
+    assert_eq!(calls, 3, "20 checks: one each for the two calls out, then one for the 18 that waited");
+}
+
+/// A store on one Redis connection, batching up to 32 checks per call, 2 s deadline.
+fn one_connection_store(redis: &common::Redis, prefix: &str) -> ratelimitd::store::RedisStore {
+    use ratelimitd::store::redis::{RedisEndpoint, RedisOptions, RedisStore};
+    RedisStore::new(RedisOptions {
+        endpoint: RedisEndpoint::Url(redis.url()),
+        key_prefix: prefix.into(),
+        timeout: Duration::from_secs(2),
+        connections: 1,
+        batch: 32,
+        tls: None,
+        password: None,
+    })
+    .expect("a valid Redis URL")
+}
+
+/// Script calls (EVALSHA) Redis has served so far.
+async fn evalsha_calls(redis: &common::Redis) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis.conn().await).await.unwrap();
+    let line = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("cmdstat_evalsha:calls=0,");
+    line["cmdstat_evalsha:calls=".len()..].split(',').next().unwrap().parse().unwrap()
+}
+
 /// The Lua script and the Rust ring (the in-process store) must decide alike. This
 /// replays random timelines (limits up and down, one to three windows at once, window
 /// lengths changing, costs, peeks, both the whole-ring and the slot-by-slot path of the
-/// script) on both and compares every field.
+/// script) on both and compares every field. Checks go to the script in batches of one
+/// to six, as the store sends them, a key sometimes twice in one batch: each check of a
+/// batch must be decided as if called alone, in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_the_rust_ring_decide_alike() {
     use rand::{Rng, SeedableRng};
     use ratelimitd::limiter::{Limits, Mode, Ring, Window};
-    use ratelimitd::store::redis::{decode, mode_arg};
+    use ratelimitd::store::redis::{decode, invocation, replies_of};
 
     let backend = Backend::redis().await;
     let mut conn = backend.redis.as_ref().unwrap().conn().await;
@@ -109,17 +220,19 @@ async fn the_script_and_the_rust_ring_decide_alike() {
     // Far enough ahead of the real clock that no key's TTL runs out during the test.
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
         + 10 * 24 * 3600 * 1000;
-    let mut compared = 0;
+    let (mut compared, mut batches) = (0, 0);
     for (round, limits) in [[3u32, 5, 8], [4094, 4097, 4100]].into_iter().enumerate() {
-        for key in 0..4 {
-            let name = format!("parity-{round}-{key}");
-            let mut ring = Ring::new(limits[0]);
-            let mut now = start;
-            for _ in 0..600 {
-                now += rng.random_range(0..if round == 0 { 60 } else { 400 });
-                if rng.random_range(0..20) == 0 {
-                    now += rng.random_range(0..3_000); // an idle spell: the frontier jumps
-                }
+        let names: Vec<String> = (0..4).map(|key| format!("parity-{round}-{key}")).collect();
+        let mut rings: Vec<Ring> = (0..4).map(|_| Ring::new(limits[0])).collect();
+        let mut now = start;
+        for _ in 0..700 {
+            now += rng.random_range(0..if round == 0 { 30 } else { 200 });
+            if rng.random_range(0..20) == 0 {
+                now += rng.random_range(0..3_000); // an idle spell: the frontier jumps
+            }
+            let mut checks = Vec::new();
+            for _ in 0..rng.random_range(1..=6) {
+                let key = rng.random_range(0..names.len());
                 // One to three windows, each with its own limit from the round's set.
                 let mut windows = Vec::new();
                 for window in [1000u64, 300, 100] {
@@ -132,18 +245,63 @@ async fn the_script_and_the_rust_ring_decide_alike() {
                 let max = policy.max_cost();
                 let cost = if round == 0 { rng.random_range(1..=max) } else { rng.random_range(1..=max / 4) };
                 let mode = if rng.random_range(0..8) == 0 { Mode::Peek } else { Mode::Consume };
-                let expected = ring.check(now, &policy, cost, mode);
-                let mut invocation = script.key(&name);
-                invocation.arg(cost).arg(mode_arg(mode)).arg(now);
-                for w in policy.windows() {
-                    invocation.arg(w.limit()).arg(w.window_ms());
-                }
-                let reply: Vec<u64> = invocation.invoke_async(&mut conn).await.expect("the script runs");
-                let got = decode(&policy, cost, &reply).expect("a well-formed reply");
-                assert_eq!(got, expected, "{name} at +{} ms, {policy:?}, cost {cost}, {mode:?}", now - start);
+                let expected = rings[key].check(now, &policy, cost, mode);
+                checks.push((key, policy, cost, mode, expected));
+            }
+            let call: Vec<_> = checks
+                .iter()
+                .map(|(key, policy, cost, mode, _)| (names[*key].as_bytes(), policy, *cost, *mode))
+                .collect();
+            let replies: Vec<redis::Value> =
+                invocation(&script, &call, Some(now)).invoke_async(&mut conn).await.expect("the script runs");
+            let replies = replies_of(call.len(), replies).expect("one reply per check");
+            for ((key, policy, cost, mode, expected), reply) in checks.iter().zip(replies) {
+                let got = decode(policy, *cost, &reply.expect("a decision")).expect("a well-formed reply");
+                let name = &names[*key];
+                assert_eq!(&got, expected, "{name} at +{} ms, {policy:?}, cost {cost}, {mode:?}", now - start);
                 compared += 1;
             }
+            batches += 1;
         }
     }
-    println!("{compared} decisions identical in Lua and Rust");
+    println!("{compared} decisions in {batches} batches identical in Lua and Rust");
+}
+
+/// A batch sender whose event loop stops mid-call (a worker thread's runtime shutting
+/// down) gives its place back: the connection's next checks are sent, not left waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_cut_off_by_its_event_loop_stopping_does_not_block_the_connection() {
+    use ratelimitd::limiter::{Fingerprint, Limits, Mode, Window};
+    use ratelimitd::store::Store;
+    use std::sync::Arc;
+
+    let backend = Backend::redis().await;
+    let redis = backend.redis.as_ref().unwrap();
+    let store = Arc::new(one_connection_store(redis, "cut:"));
+    let limits = Limits::new(&[Window::new(10, Duration::from_secs(60)).unwrap()]).unwrap();
+    let key = Fingerprint::from_bytes([7; 16]);
+    assert!(store.check(&key, &limits, 1, Mode::Consume).await.unwrap().allowed);
+
+    // Redis frozen: two batches (as many as a connection may have out) start on an event
+    // loop of their own, which then stops while they wait for Redis.
+    redis.pause().await;
+    let other = Arc::clone(&store);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            for _ in 0..2 {
+                let store = Arc::clone(&other);
+                tokio::spawn(async move { store.check(&key, &limits, 1, Mode::Consume).await });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+    })
+    .join()
+    .unwrap();
+    redis.unpause().await;
+
+    // The frozen calls reach Redis after all (they were sent): 1 + 2 units counted at most.
+    let decision = store.check(&key, &limits, 1, Mode::Consume).await.expect("the connection sends again");
+    assert!(decision.allowed);
+    assert!(decision.remaining >= 6, "{decision:?}");
 }

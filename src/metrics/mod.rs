@@ -28,6 +28,7 @@ pub const CHECK_DURATION: &str = "ratelimitd_check_duration_seconds";
 pub const CHECKS_IN_FLIGHT: &str = "ratelimitd_checks_in_flight";
 pub const REDIS_CALL_DURATION: &str = "ratelimitd_redis_call_duration_seconds";
 pub const REDIS_ERRORS: &str = "ratelimitd_redis_errors_total";
+pub const REDIS_BATCH_CHECKS: &str = "ratelimitd_redis_batch_checks";
 pub const STORE_UP: &str = "ratelimitd_store_up";
 pub const DENY_CACHE_HITS: &str = "ratelimitd_deny_cache_hits_total";
 pub const FALLBACKS: &str = "ratelimitd_fallback_decisions_total";
@@ -48,6 +49,7 @@ pub const ALL: &[&str] = &[
     CHECKS_IN_FLIGHT,
     REDIS_CALL_DURATION,
     REDIS_ERRORS,
+    REDIS_BATCH_CHECKS,
     STORE_UP,
     DENY_CACHE_HITS,
     FALLBACKS,
@@ -72,6 +74,9 @@ const KEYS_NEAR_LIMIT_HELP: &str = "Distinct keys that used at least the near-li
 const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
+/// Checks per Redis script call, up to the largest `--redis-batch`.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up metrics: {0}")]
 pub struct MetricsError(String);
@@ -85,6 +90,8 @@ pub fn recorder() -> Result<PrometheusHandle, MetricsError> {
     }
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| MetricsError(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Full(REDIS_BATCH_CHECKS.into()), BATCH_BUCKETS)
         .map_err(|e| MetricsError(e.to_string()))?
         .build_recorder();
     let handle = HANDLE.get_or_init(|| recorder.handle()).clone();
@@ -110,8 +117,9 @@ fn describe() {
     describe_histogram!(
         REDIS_CALL_DURATION,
         ::metrics::Unit::Seconds,
-        "Duration of each Redis script call, by outcome."
+        "Time each check waited for Redis, by outcome: its script call, and any wait for its batch to leave."
     );
+    describe_histogram!(REDIS_BATCH_CHECKS, "Checks decided by each Redis script call (a batch).");
     describe_counter!(REDIS_ERRORS, "Failed Redis calls by kind (timeout, unavailable, failed).");
     describe_gauge!(STORE_UP, "1 if the last store call or health probe succeeded, else 0.");
     describe_counter!(DENY_CACHE_HITS, "Denials answered from the local deny cache, without a store call.");
@@ -213,6 +221,7 @@ struct Hot {
     in_flight: Gauge,
     redis_ok: Histogram,
     redis_error: Histogram,
+    redis_batch: Histogram,
     deny_cache_hits: Counter,
 }
 
@@ -229,6 +238,7 @@ fn hot() -> &'static Hot {
         in_flight: gauge!(CHECKS_IN_FLIGHT),
         redis_ok: histogram!(REDIS_CALL_DURATION, "outcome" => "ok"),
         redis_error: histogram!(REDIS_CALL_DURATION, "outcome" => "error"),
+        redis_batch: histogram!(REDIS_BATCH_CHECKS),
         deny_cache_hits: counter!(DENY_CACHE_HITS),
     })
 }
@@ -251,6 +261,11 @@ pub fn redis_call(elapsed: Duration, error: Option<&'static str>) {
             counter!(REDIS_ERRORS, "kind" => kind).increment(1);
         }
     }
+}
+
+/// One Redis script call deciding `checks` checks.
+pub fn redis_batch(checks: usize) {
+    hot().redis_batch.record(checks as f64);
 }
 
 /// Counts a check as in flight until dropped, so cancelled calls are counted out too.

@@ -31,7 +31,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// A store failure. Transient ones (the store is unreachable or slow) may succeed
 /// if retried; the others need an operator.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the store did not answer within {0:?}")]
     Timeout(Duration),

@@ -1,15 +1,19 @@
-//! The Redis store: every decision is one EVALSHA of `lua/sliding_window.lua`,
-//! atomic inside Redis and on Redis's clock, so any number of replicas sharing
-//! the Redis enforce one exact limit per key.
+//! The Redis store: every decision is made by `lua/sliding_window.lua`, atomic
+//! inside Redis and on Redis's clock, so any number of replicas sharing the Redis
+//! enforce one exact limit per key. Checks that meet on a connection while its
+//! earlier calls are out go together in one EVALSHA (a batch): the script decides
+//! them one after another, each as if called alone, so batching changes what a
+//! check costs Redis, never what it decides.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use deadpool_redis::{PoolConfig, Timeouts};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
-use tokio::sync::RwLock;
+use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
+use tokio::sync::{RwLock, oneshot};
 
 use super::redis_connect::{Conn, Pooled, Pools};
 use super::{Store, StoreError};
@@ -21,6 +25,9 @@ use crate::metrics;
 const SCRIPT: &str = include_str!("../../lua/sliding_window.lua");
 /// The least time connecting to Redis may take (TCP, TLS handshake, AUTH).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Batches a connection may have out at once. While they are, new checks wait and
+/// leave together in the next batch; two keep Redis busy while one answer travels.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// How to reach Redis and how long to wait for it.
 #[derive(Clone)]
@@ -34,6 +41,9 @@ pub struct RedisOptions {
     /// Multiplexed connections for checks (one more is opened for PING and SCRIPT LOAD);
     /// each pipelines any number of concurrent calls.
     pub connections: usize,
+    /// The most checks one script call decides (1: each check is its own call). Redis
+    /// Cluster always gets one per call: a batch's keys would have to share a slot.
+    pub batch: usize,
     /// For rediss:// URLs: how to verify the server, and a client certificate.
     pub tls: Option<RedisTls>,
     /// The ACL password, when it does not come in the URL.
@@ -48,6 +58,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("connections", &self.connections)
+            .field("batch", &self.batch)
             .field("tls", &self.tls)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()
@@ -86,21 +97,75 @@ thread_local! {
 type Lane = (Pooled, Conn);
 
 pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+/// What the store's calls share, and the batches they leave in (which may outlive
+/// the call that started them).
+struct Shared {
     pools: Pools,
     /// Each lane keeps one connection checked out of the pool, and hands out clones.
     /// Checks use the first `connections`; the last one is for PING and SCRIPT LOAD,
     /// so that their connection is not driven by another thread than the checks'.
     lanes: Box<[RwLock<Option<Lane>>]>,
+    /// The checks waiting for each check lane's next batch.
+    queues: Box<[Mutex<Queue>]>,
     next_lane: AtomicUsize,
     script: Script,
     key_prefix: String,
     timeout: Duration,
     cluster: bool,
+    /// The most checks per script call; 1 sends each check on its own.
+    batch: usize,
+}
+
+/// One check waiting for its batch.
+struct Pending {
+    key: Vec<u8>,
+    limits: Limits,
+    cost: u32,
+    mode: Mode,
+    answer: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// A lane's waiting checks, and how many of its batches are out.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    in_flight: usize,
+}
+
+impl Queue {
+    /// The next batch (at most `max` checks), or `None` when nothing waits, which ends
+    /// the sender that asked.
+    fn next(&mut self, max: usize) -> Option<Vec<Pending>> {
+        if self.waiting.is_empty() {
+            self.in_flight -= 1;
+            return None;
+        }
+        let rest = self.waiting.split_off(self.waiting.len().min(max));
+        Some(std::mem::replace(&mut self.waiting, rest))
+    }
+}
+
+/// Counts a batch sender out of its lane's `in_flight` if it ends early (its runtime
+/// shut down), so that the lane's next check starts a sender again.
+struct Sending<'a> {
+    queue: &'a Mutex<Queue>,
+    done: bool,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.queue.lock().unwrap_or_else(PoisonError::into_inner).in_flight -= 1;
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("key_prefix", &self.key_prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("key_prefix", &self.shared.key_prefix).finish_non_exhaustive()
     }
 }
 
@@ -115,15 +180,19 @@ impl RedisStore {
         let connections = options.connections.max(1);
         let mut pool_config = PoolConfig::new(connections + 1);
         pool_config.timeouts = timeouts;
-        Ok(Self {
-            cluster: matches!(options.endpoint, RedisEndpoint::Cluster(_)),
+        let cluster = matches!(options.endpoint, RedisEndpoint::Cluster(_));
+        let shared = Shared {
+            cluster,
             pools: Pools::new(&options, pool_config)?,
             lanes: (0..=connections).map(|_| RwLock::new(None)).collect(),
+            queues: (0..connections).map(|_| Mutex::default()).collect(),
             next_lane: AtomicUsize::new(0),
             script: Script::new(SCRIPT),
             key_prefix: options.key_prefix,
             timeout: options.timeout,
-        })
+            batch: if cluster { 1 } else { options.batch.max(1) },
+        };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// Makes this thread's checks use one connection, `worker` mod `connections`. A
@@ -134,6 +203,85 @@ impl RedisStore {
         THREAD_LANE.set(Some(worker));
     }
 
+    /// Loads the script, so that the first checks do not meet NOSCRIPT (they would
+    /// load it and retry, as after a Redis restart or SCRIPT FLUSH).
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let call = async {
+            let mut conn = shared.connection(shared.control_lane()).await?;
+            match shared.script.load_async(&mut conn).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(shared.failed(e)),
+            }
+        };
+        // At start-up the first connection is made here: it gets the connect timeout.
+        let timeout = shared.timeout.max(CONNECT_TIMEOUT);
+        tokio::time::timeout(timeout, call).await.unwrap_or(Err(StoreError::Timeout(timeout)))
+    }
+
+    /// Checks that Redis answers (PING on its own lane), within the timeout.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let lane = shared.control_lane();
+        let call = async {
+            let mut conn = shared.connection(lane).await?;
+            match redis::cmd("PING").query_async::<()>(&mut conn).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(shared.failed(e)),
+            }
+        };
+        shared.bounded(lane, call).await
+    }
+
+    /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
+    /// only the fingerprint, so the key lives in one slot.
+    pub fn key_name(&self, key: &Fingerprint) -> Vec<u8> {
+        let prefix = &self.shared.key_prefix;
+        let mut name = Vec::with_capacity(prefix.len() + 34);
+        name.extend_from_slice(prefix.as_bytes());
+        name.push(b'{');
+        name.extend_from_slice(&key.hex());
+        name.push(b'}');
+        name
+    }
+
+    /// Waits for a check to be decided in a batch. The check joins its lane's queue;
+    /// if fewer than [`BATCHES_IN_FLIGHT`] batches are out, a sender task takes the
+    /// queue to Redis, and goes on with what queued meanwhile until nothing waits.
+    /// The batch belongs to that task: a caller who stops waiting (its deadline, or a
+    /// cancelled request) cancels no one else's check.
+    async fn batched(
+        &self,
+        lane: usize,
+        key: Vec<u8>,
+        limits: Limits,
+        cost: u32,
+        mode: Mode,
+    ) -> Result<Reply, StoreError> {
+        let shared = &self.shared;
+        let (answer, decided) = oneshot::channel();
+        let start = {
+            let mut queue = shared.queues[lane].lock().unwrap_or_else(PoisonError::into_inner);
+            queue.waiting.push(Pending { key, limits, cost, mode, answer });
+            if queue.in_flight < BATCHES_IN_FLIGHT {
+                queue.in_flight += 1;
+                queue.next(shared.batch)
+            } else {
+                None
+            }
+        };
+        if let Some(batch) = start {
+            tokio::spawn(shared.clone().send_batches(lane, batch));
+        }
+        match tokio::time::timeout(shared.timeout, decided).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(StoreError::Unavailable("the Redis call was dropped: its event loop stopped".into())),
+            Err(_) => Err(StoreError::Timeout(shared.timeout)),
+        }
+    }
+}
+
+impl Shared {
     /// The lane for PING and SCRIPT LOAD.
     fn control_lane(&self) -> usize {
         self.lanes.len() - 1
@@ -148,43 +296,41 @@ impl RedisStore {
         }
     }
 
-    /// Loads the script, so that the first checks do not meet NOSCRIPT (they would
-    /// load it and retry, as after a Redis restart or SCRIPT FLUSH).
-    pub async fn prepare(&self) -> Result<(), StoreError> {
-        let call = async {
-            let mut conn = self.connection(self.control_lane()).await?;
-            match self.script.load_async(&mut conn).await {
-                Ok(_) => Ok(()),
-                Err(e) => Err(self.failed(e)),
+    /// Sends `batch`, then each batch that queued on the lane meanwhile, until none has.
+    async fn send_batches(self: Arc<Self>, lane: usize, mut batch: Vec<Pending>) {
+        let queue = &self.queues[lane];
+        let mut sending = Sending { queue, done: false };
+        loop {
+            // A check whose caller stopped waiting is not counted.
+            batch.retain(|check| !check.answer.is_closed());
+            if !batch.is_empty() {
+                self.send(lane, batch).await;
             }
-        };
-        // At start-up the first connection is made here: it gets the connect timeout.
-        let timeout = self.timeout.max(CONNECT_TIMEOUT);
-        tokio::time::timeout(timeout, call).await.unwrap_or(Err(StoreError::Timeout(timeout)))
+            match queue.lock().unwrap_or_else(PoisonError::into_inner).next(self.batch) {
+                Some(next) => batch = next,
+                None => break,
+            }
+        }
+        sending.done = true;
     }
 
-    /// Checks that Redis answers (PING on its own lane), within the timeout.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let lane = self.control_lane();
-        let call = async {
-            let mut conn = self.connection(lane).await?;
-            match redis::cmd("PING").query_async::<()>(&mut conn).await {
-                Ok(()) => Ok(()),
-                Err(e) => Err(self.failed(e)),
+    /// One script call deciding `batch`; each check gets its own answer.
+    async fn send(&self, lane: usize, batch: Vec<Pending>) {
+        metrics::redis_batch(batch.len());
+        let checks: Vec<_> = batch.iter().map(|p| (p.key.as_slice(), &p.limits, p.cost, p.mode)).collect();
+        let replies = self.bounded(lane, self.eval(lane, &checks)).await;
+        match replies {
+            Ok(replies) => {
+                for (check, reply) in batch.into_iter().zip(replies) {
+                    let _ = check.answer.send(reply);
+                }
             }
-        };
-        self.bounded(lane, call).await
-    }
-
-    /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
-    /// only the fingerprint, so the key lives in one slot.
-    pub fn key_name(&self, key: &Fingerprint) -> Vec<u8> {
-        let mut name = Vec::with_capacity(self.key_prefix.len() + 34);
-        name.extend_from_slice(self.key_prefix.as_bytes());
-        name.push(b'{');
-        name.extend_from_slice(&key.hex());
-        name.push(b'}');
-        name
+            Err(e) => {
+                for check in batch {
+                    let _ = check.answer.send(Err(e.clone()));
+                }
+            }
+        }
     }
 
     async fn connection(&self, lane: usize) -> Result<Conn, StoreError> {
@@ -240,15 +386,13 @@ impl RedisStore {
         }
     }
 
-    async fn eval(&self, lane: usize, key: &[u8], limits: &Limits, cost: u32, mode: Mode) -> Result<Reply, StoreError> {
+    /// One script call deciding `checks` in order: one reply per check, or the
+    /// call's failure.
+    async fn eval(&self, lane: usize, checks: &[Check<'_>]) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
         let mut conn = self.connection(lane).await?;
-        let mut invocation = self.script.key(key);
-        invocation.arg(cost).arg(mode_arg(mode)).arg("");
-        for window in limits.windows() {
-            invocation.arg(window.limit()).arg(window.window_ms());
-        }
-        match invocation.invoke_async(&mut conn).await {
-            Ok(reply) => Ok(reply),
+        let invocation = invocation(&self.script, checks, None);
+        match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
+            Ok(replies) => replies_of(checks.len(), replies),
             Err(e) => Err(self.failed(e)),
         }
     }
@@ -281,9 +425,45 @@ impl RedisStore {
     }
 }
 
+/// One check of a script call: its Redis key, limits, cost and mode.
+pub type Check<'a> = (&'a [u8], &'a Limits, u32, Mode);
+
+/// The script call deciding `checks` in order (arguments as the header of
+/// `lua/sliding_window.lua` lays out); `clock` is Unix ms, or `None` for Redis's clock.
+pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u64>) -> ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    match clock {
+        Some(ms) => invocation.arg(ms),
+        None => invocation.arg(""),
+    };
+    for &(key, limits, cost, mode) in checks {
+        invocation.key(key);
+        invocation.arg(limits.windows().len()).arg(cost).arg(mode_arg(mode));
+        for window in limits.windows() {
+            invocation.arg(window.limit()).arg(window.window_ms());
+        }
+    }
+    invocation
+}
+
+/// Splits a script call's reply into one per check: a decision's values, or the
+/// script's words for a check it could not decide.
+pub fn replies_of(checks: usize, replies: Vec<Value>) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+    if replies.len() != checks {
+        return Err(StoreError::Failed(format!("the script answered {} checks of {checks}", replies.len())));
+    }
+    let reply = |value: Value| match value {
+        Value::BulkString(words) => Err(StoreError::Failed(String::from_utf8_lossy(&words).into_owned())),
+        Value::SimpleString(words) => Err(StoreError::Failed(words)),
+        value => redis::from_redis_value::<Reply>(value)
+            .map_err(|e| StoreError::Failed(format!("the script's reply is not a decision: {e}"))),
+    };
+    Ok(replies.into_iter().map(reply).collect())
+}
+
 /// The script's reply: allowed, decided_at_ms, newest_ms, then spare and retry_after_ms
 /// for each window (see the header of `lua/sliding_window.lua`).
-type Reply = Vec<u64>;
+pub type Reply = Vec<u64>;
 
 /// The script's `mode` argument.
 pub fn mode_arg(mode: Mode) -> &'static str {
@@ -318,10 +498,17 @@ pub fn decode(limits: &Limits, cost: u32, reply: &[u64]) -> Result<Decision, Sto
 
 impl Store for RedisStore {
     async fn check(&self, key: &Fingerprint, limits: &Limits, cost: u32, mode: Mode) -> Result<Decision, StoreError> {
-        let lane = self.check_lane();
+        let shared = &self.shared;
+        let lane = shared.check_lane();
         let key = self.key_name(key);
-        let started = std::time::Instant::now();
-        let reply = self.bounded(lane, self.eval(lane, &key, limits, cost, mode)).await;
+        let started = Instant::now();
+        let reply = if shared.batch == 1 {
+            metrics::redis_batch(1);
+            let one = shared.bounded(lane, shared.eval(lane, &[(&key, limits, cost, mode)])).await;
+            one.and_then(|mut replies| replies.pop().unwrap_or_else(|| Err(StoreError::Failed("no reply".into()))))
+        } else {
+            self.batched(lane, key, *limits, cost, mode).await
+        };
         metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
         decode(limits, cost, &reply?)
     }

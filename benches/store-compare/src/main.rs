@@ -1,5 +1,6 @@
 //! Store-level comparison, in one run and alternating: ratelimitd's Redis store
-//! (through its `Limiter`, deny cache off: key string in, decision out) against
+//! (through its `Limiter`, deny cache off: key string in, decision out), batched as
+//! the service runs it and with one check per script call, against
 //! Limitador's `AsyncRateLimiter` on its async Redis storage, with the same
 //! callers, keys, limit and Redis.
 //!
@@ -43,6 +44,10 @@ struct Args {
     round: Duration,
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// The most checks per script call in our store (ratelimitd's --redis-batch default);
+    /// each round also runs our store with one check per call.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
 }
 
 type Check<'a> = Pin<Box<dyn Future<Output = Result<(bool, Option<u64>), String>> + Send + 'a>>;
@@ -53,15 +58,18 @@ trait System: Send + Sync {
     fn check<'a>(&'a self, key_id: &'a str) -> Check<'a>;
 }
 
-struct Ours(Limiter<RedisStore>);
+struct Ours {
+    limiter: Limiter<RedisStore>,
+    name: &'static str,
+}
 
 impl System for Ours {
     fn name(&self) -> &'static str {
-        "ratelimitd"
+        self.name
     }
     fn check<'a>(&'a self, key_id: &'a str) -> Check<'a> {
         Box::pin(async move {
-            let d = self.0.check_and_consume(key_id, 1).await.map_err(|e| e.to_string())?.decision;
+            let d = self.limiter.check_and_consume(key_id, 1).await.map_err(|e| e.to_string())?.decision;
             Ok((d.allowed, Some(d.decided_at_ms)))
         })
     }
@@ -90,12 +98,14 @@ impl System for Limitador {
     }
 }
 
-async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str) -> Arc<dyn System> {
+/// Our store; `batch` is the most checks per script call (1: one call per check).
+async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str, batch: usize) -> Arc<dyn System> {
     let options = RedisOptions {
         endpoint: RedisEndpoint::Url(args.redis_url.clone()),
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_secs(2),
         connections: 4,
+        batch,
         tls: None,
         password: None,
     };
@@ -107,7 +117,8 @@ async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str) -> Arc<dy
         interval: Duration::from_secs(60),
         near_limit_fraction: 0.8,
     }));
-    Arc::new(Ours(Limiter::new(store, policies, Fingerprinter::new(b"compare"), throttled)))
+    let limiter = Limiter::new(store, policies, Fingerprinter::new(b"compare"), throttled);
+    Arc::new(Ours { limiter, name: if batch == 1 { "ratelimitd, batch 1" } else { "ratelimitd" } })
 }
 
 async fn limitador(args: &Args, limit: u32, window: Duration, namespace: &str) -> Arc<dyn System> {
@@ -215,12 +226,12 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for round in 0..args.rounds {
-        for which in 0..2 {
+        for which in 0..3 {
             let tag = format!("cmp-{run}-r{round}-{which}");
-            let system = if which == 0 {
-                ours(&args, args.limit, args.window, &format!("{tag}:")).await
-            } else {
-                limitador(&args, args.limit, args.window, &tag).await
+            let system = match which {
+                0 => ours(&args, args.limit, args.window, &format!("{tag}:"), args.batch).await,
+                1 => ours(&args, args.limit, args.window, &format!("{tag}:"), 1).await,
+                _ => limitador(&args, args.limit, args.window, &tag).await,
             };
             let name = system.name();
             let o = drive(system, args.callers, args.keys, "key-", StopAt::Deadline(args.round)).await;
@@ -250,7 +261,7 @@ async fn main() {
         let mut row = Vec::new();
         for which in 0..2 {
             let system = if which == 0 {
-                ours(&args, args.limit, args.window, &format!("{tag}:")).await
+                ours(&args, args.limit, args.window, &format!("{tag}:"), args.batch).await
             } else {
                 limitador(&args, args.limit, args.window, &tag).await
             };
@@ -270,7 +281,7 @@ async fn main() {
     for which in 0..2 {
         let tag = format!("edge-{run}-{which}");
         let system = if which == 0 {
-            ours(&args, limit, window, &format!("{tag}:")).await
+            ours(&args, limit, window, &format!("{tag}:"), args.batch).await
         } else {
             limitador(&args, limit, window, &tag).await
         };
