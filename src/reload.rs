@@ -36,7 +36,10 @@ pub async fn watch(
     // The content loaded at start-up is the baseline: a change since then is applied.
     let last = Some(file.loaded.clone());
     let mut watcher = Watcher { file, policies, last, unreadable: false };
-    let mut tick = tokio::time::interval(watcher.file.poll_interval);
+    // The first poll comes one interval after start-up: an interval's immediate first tick
+    // could run late on a busy machine and apply a change made after start-up at once.
+    let every = watcher.file.poll_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
