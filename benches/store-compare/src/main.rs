@@ -48,6 +48,9 @@ struct Args {
     /// each round also runs our store with one check per call.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Redis connections of our store (ratelimitd's default: one per core).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+    connections: usize,
 }
 
 type Check<'a> = Pin<Box<dyn Future<Output = Result<(bool, Option<u64>), String>> + Send + 'a>>;
@@ -104,7 +107,7 @@ async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str, batch: us
         endpoint: RedisEndpoint::Url(args.redis_url.clone()),
         key_prefix: prefix.to_owned(),
         timeout: Duration::from_secs(2),
-        connections: 4,
+        connections: args.connections,
         batch,
         tls: None,
         password: None,
