@@ -18,7 +18,8 @@
 -- Returns one reply per check, in order: its decision, or a string saying why it could not be
 -- decided (bad arguments, or a key that is not ours), which leaves that key unchanged and
 -- the other checks decided. Arguments whose shape is wrong fail the whole call, before any
--- check. A decision is
+-- check; so does any other Redis error (READONLY, OOM), which comes before any write. A
+-- decision is
 --   {allowed (1|0), decided_at_ms, newest_ms (the key's newest unit before this
 -- request, 0 if none), then for each window: spare (units free before this request),
 -- retry_after_ms (0 if the request fits that window)}. The caller assembles remaining,
@@ -299,14 +300,18 @@ for k = 1, #KEYS do
   if not check[1] then
     replies[k] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': cost must be at least 1 and at most every limit, mode consume or peek, limits and windows at least 1, windows longest first'
   else
-    -- A Redis error (a key of another type) ends this check only.
+    -- A key of another type ends this check only. Any other error (READONLY on a demoted
+    -- master, OOM, ...) ends the whole call: such an error stops the call's first write, so
+    -- nothing was written, and the caller must see what Redis said (it reconnects on READONLY).
     local ok, reply = pcall(decide, KEYS[k], check[2], check[3], check[4], check[5], check[6], now)
     if ok then
       replies[k] = reply
-    elseif type(reply) == 'table' and reply.err then
-      replies[k] = reply.err
     else
-      replies[k] = tostring(reply)
+      local words = type(reply) == 'table' and reply.err or tostring(reply)
+      if string.sub(words, 1, 9) ~= 'WRONGTYPE' then
+        return redis.error_reply(words)
+      end
+      replies[k] = words
     end
   end
 end

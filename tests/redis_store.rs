@@ -157,13 +157,24 @@ async fn checks_waiting_for_a_busy_connection_share_one_script_call() {
     let before = evalsha_calls(redis).await;
 
     redis.pause().await;
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let checks: Vec<_> = (0..20)
         .map(|_| {
-            let store = std::sync::Arc::clone(&store);
-            tokio::spawn(async move { store.check(&key, &limits, 1, Mode::Consume).await })
+            let (store, started) = (std::sync::Arc::clone(&store), std::sync::Arc::clone(&started));
+            tokio::spawn(async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                store.check(&key, &limits, 1, Mode::Consume).await
+            })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every check queued (a check joins its queue before it first waits), however slow
+    // the machine: then a moment more for the last one to get there.
+    let waiting = Instant::now();
+    while started.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        assert!(waiting.elapsed() < Duration::from_secs(10), "the checks did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     redis.unpause().await;
     let mut remaining = Vec::new();
     for check in checks {
@@ -177,6 +188,33 @@ async fn checks_waiting_for_a_busy_connection_share_one_script_call() {
     let calls = evalsha_calls(redis).await - before;
     println!("20 checks in {calls} script calls");
     assert_eq!(calls, 3, "20 checks: one each for the two calls out, then one for the 18 that waited");
+}
+
+/// A Redis demoted to a replica (a failover that keeps client connections) answers the
+/// script's first write with READONLY: the call fails as transient (the failure mode
+/// answers) and the store reconnects, so that it follows the master once there is one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demoted_redis_fails_the_call_as_transient_and_the_store_reconnects() {
+    use ratelimitd::limiter::{Fingerprint, Limits, Mode, Window};
+    use ratelimitd::store::Store;
+
+    let backend = Backend::redis().await;
+    let redis = backend.redis.as_ref().unwrap();
+    let store = one_connection_store(redis, "demoted:");
+    let limits = Limits::new(&[Window::new(5, Duration::from_secs(60)).unwrap()]).unwrap();
+    let key = Fingerprint::from_bytes([5; 16]);
+    assert!(store.check(&key, &limits, 1, Mode::Consume).await.unwrap().allowed);
+
+    let mut admin = redis.conn().await;
+    // A replica of a master that is not there: it keeps serving reads, refuses writes.
+    let () = redis::cmd("REPLICAOF").arg("127.0.0.1").arg(1).query_async(&mut admin).await.unwrap();
+    let error = store.check(&key, &limits, 1, Mode::Consume).await.expect_err("a replica refuses the write");
+    assert!(error.is_transient(), "{error:?}");
+    assert!(error.to_string().contains("read only replica"), "{error}");
+
+    let () = redis::cmd("REPLICAOF").arg("NO").arg("ONE").query_async(&mut admin).await.unwrap();
+    let decision = store.check(&key, &limits, 1, Mode::Consume).await.expect("the master again");
+    assert_eq!(decision.remaining, 3, "the refused check counted nothing");
 }
 
 /// A store on one Redis connection, batching up to 32 checks per call, 2 s deadline.

@@ -75,7 +75,7 @@ const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 /// Checks per Redis script call, up to the largest `--redis-batch`.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up metrics: {0}")]
@@ -120,7 +120,7 @@ fn describe() {
         "Time each check waited for Redis, by outcome: its script call, and any wait for its batch to leave."
     );
     describe_histogram!(REDIS_BATCH_CHECKS, "Checks decided by each Redis script call (a batch).");
-    describe_counter!(REDIS_ERRORS, "Failed Redis calls by kind (timeout, unavailable, failed).");
+    describe_counter!(REDIS_ERRORS, "Checks whose Redis call failed, by kind (timeout, unavailable, failed).");
     describe_gauge!(STORE_UP, "1 if the last store call or health probe succeeded, else 0.");
     describe_counter!(DENY_CACHE_HITS, "Denials answered from the local deny cache, without a store call.");
     describe_counter!(

@@ -148,19 +148,55 @@ impl Queue {
     }
 }
 
-/// Counts a batch sender out of its lane's `in_flight` if it ends early (its runtime
-/// shut down), so that the lane's next check starts a sender again.
-struct Sending<'a> {
-    queue: &'a Mutex<Queue>,
+/// A lane's batch sender. It holds one of the lane's `in_flight` places, and gives it back
+/// when it finds nothing waiting, or when it is dropped unfinished (its event loop stopped,
+/// even before it first ran); then, if no sender is left, the checks still waiting are
+/// answered at once rather than at their deadline.
+struct Sender {
+    shared: Arc<Shared>,
+    lane: usize,
     done: bool,
 }
 
-impl Drop for Sending<'_> {
+impl Sender {
+    /// Sends `batch`, then each batch that queued on the lane meanwhile, until none has.
+    async fn run(mut self, mut batch: Vec<Pending>) {
+        let shared = Arc::clone(&self.shared);
+        let queue = &shared.queues[self.lane];
+        loop {
+            // A check whose caller stopped waiting is not counted.
+            batch.retain(|check| !check.answer.is_closed());
+            if !batch.is_empty() {
+                shared.send(self.lane, batch).await;
+            }
+            match queue.lock().unwrap_or_else(PoisonError::into_inner).next(shared.batch) {
+                Some(next) => batch = next,
+                None => break,
+            }
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for Sender {
     fn drop(&mut self) {
-        if !self.done {
-            self.queue.lock().unwrap_or_else(PoisonError::into_inner).in_flight -= 1;
+        if self.done {
+            return;
+        }
+        let orphans = {
+            let mut queue = self.shared.queues[self.lane].lock().unwrap_or_else(PoisonError::into_inner);
+            queue.in_flight -= 1;
+            if queue.in_flight == 0 { std::mem::take(&mut queue.waiting) } else { Vec::new() }
+        };
+        for check in orphans {
+            let _ = check.answer.send(Err(dropped()));
         }
     }
+}
+
+/// The error of a check whose batch was dropped with the event loop running it.
+fn dropped() -> StoreError {
+    StoreError::Unavailable("the Redis call was dropped: its event loop stopped".into())
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -271,11 +307,13 @@ impl RedisStore {
             }
         };
         if let Some(batch) = start {
-            tokio::spawn(shared.clone().send_batches(lane, batch));
+            // The sender is made before it is spawned: dropped unrun, it still gives its place back.
+            let sender = Sender { shared: Arc::clone(shared), lane, done: false };
+            tokio::spawn(sender.run(batch));
         }
         match tokio::time::timeout(shared.timeout, decided).await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(StoreError::Unavailable("the Redis call was dropped: its event loop stopped".into())),
+            Ok(Err(_)) => Err(dropped()),
             Err(_) => Err(StoreError::Timeout(shared.timeout)),
         }
     }
@@ -294,24 +332,6 @@ impl Shared {
             Some(worker) => worker % checks,
             None => self.next_lane.fetch_add(1, Ordering::Relaxed) % checks,
         }
-    }
-
-    /// Sends `batch`, then each batch that queued on the lane meanwhile, until none has.
-    async fn send_batches(self: Arc<Self>, lane: usize, mut batch: Vec<Pending>) {
-        let queue = &self.queues[lane];
-        let mut sending = Sending { queue, done: false };
-        loop {
-            // A check whose caller stopped waiting is not counted.
-            batch.retain(|check| !check.answer.is_closed());
-            if !batch.is_empty() {
-                self.send(lane, batch).await;
-            }
-            match queue.lock().unwrap_or_else(PoisonError::into_inner).next(self.batch) {
-                Some(next) => batch = next,
-                None => break,
-            }
-        }
-        sending.done = true;
     }
 
     /// One script call deciding `batch`; each check gets its own answer.
