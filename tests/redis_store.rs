@@ -154,7 +154,7 @@ async fn checks_waiting_for_a_busy_connection_share_one_script_call() {
     // The script loaded and the connection open, so that nothing but the checks is timed.
     store.prepare().await.unwrap();
     store.check(&Fingerprint::from_bytes([4; 16]), &limits, 1, Mode::Consume).await.unwrap();
-    let before = evalsha_calls(redis).await;
+    let before = ratelimitd::bench::script_calls(&redis.url()).await.unwrap();
 
     redis.pause().await;
     let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -185,7 +185,7 @@ async fn checks_waiting_for_a_busy_connection_share_one_script_call() {
     }
     remaining.sort_unstable();
     assert_eq!(remaining, [0, 1, 2, 3, 4], "exactly the limit, each allowed check seeing its own remaining");
-    let calls = evalsha_calls(redis).await - before;
+    let calls = ratelimitd::bench::script_calls(&redis.url()).await.unwrap() - before;
     println!("20 checks in {calls} script calls");
     assert_eq!(calls, 3, "20 checks: one each for the two calls out, then one for the 18 that waited");
 }
@@ -230,13 +230,6 @@ fn one_connection_store(redis: &common::Redis, prefix: &str) -> ratelimitd::stor
         password: None,
     })
     .expect("a valid Redis URL")
-}
-
-/// Script calls (EVALSHA) Redis has served so far.
-async fn evalsha_calls(redis: &common::Redis) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis.conn().await).await.unwrap();
-    let line = info.lines().find(|l| l.starts_with("cmdstat_evalsha:")).unwrap_or("cmdstat_evalsha:calls=0,");
-    line["cmdstat_evalsha:calls=".len()..].split(',').next().unwrap().parse().unwrap()
 }
 
 /// The Lua script and the Rust ring (the in-process store) must decide alike. This

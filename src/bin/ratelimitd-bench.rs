@@ -96,7 +96,7 @@ async fn main() -> ExitCode {
         progress: !args.quiet,
     };
     let before = match &args.redis_url {
-        Some(url) => match script_calls(url).await {
+        Some(url) => match ratelimitd::bench::script_calls(url).await {
             Ok(calls) => Some(calls),
             Err(e) => return fail(&format!("--redis-url: {e}")),
         },
@@ -107,7 +107,7 @@ async fn main() -> ExitCode {
         Err(e) => return fail(&e.to_string()),
     };
     if let (Some(url), Some(before)) = (&args.redis_url, before) {
-        match script_calls(url).await {
+        match ratelimitd::bench::script_calls(url).await {
             Ok(after) => report.redis_calls_per_check = Some((after - before) as f64 / report.calls.max(1) as f64),
             Err(e) => return fail(&format!("--redis-url: {e}")),
         }
@@ -121,21 +121,6 @@ async fn main() -> ExitCode {
         print!("{report}");
     }
     if report.exactness.holds() && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-}
-
-/// EVALSHA plus EVAL calls Redis has served (INFO commandstats).
-async fn script_calls(url: &str) -> Result<u64, redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
-    let calls = |name: &str| {
-        info.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split(['=', ',']).nth(1))
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok(calls("cmdstat_evalsha:") + calls("cmdstat_eval:"))
 }
 
 fn fail(message: &str) -> ExitCode {

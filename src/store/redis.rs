@@ -161,15 +161,14 @@ struct Sender {
 impl Sender {
     /// Sends `batch`, then each batch that queued on the lane meanwhile, until none has.
     async fn run(mut self, mut batch: Vec<Pending>) {
-        let shared = Arc::clone(&self.shared);
-        let queue = &shared.queues[self.lane];
+        let (shared, lane) = (&self.shared, self.lane);
         loop {
             // A check whose caller stopped waiting is not counted.
             batch.retain(|check| !check.answer.is_closed());
             if !batch.is_empty() {
-                shared.send(self.lane, batch).await;
+                shared.send(lane, batch).await;
             }
-            match queue.lock().unwrap_or_else(PoisonError::into_inner).next(shared.batch) {
+            match shared.queues[lane].lock().unwrap_or_else(PoisonError::into_inner).next(shared.batch) {
                 Some(next) => batch = next,
                 None => break,
             }
