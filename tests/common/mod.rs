@@ -8,6 +8,7 @@ pub mod process;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
@@ -300,7 +301,37 @@ pub fn assert_exact<K: std::fmt::Display>(
     }
 }
 
+/// A port for a listener this test does not bind itself (a child `ratelimitd`, a
+/// container's mapped port), free when returned.
+///
+/// Taken from below the kernel's ephemeral range: a port there is never handed to
+/// an outgoing connection or to another `bind(0)` between this call and the
+/// child's bind (a port from `bind(0)` was, under load: "Address already in use").
+/// No two calls in one test binary return the same port; test binaries run one at
+/// a time, and each starts at its own offset.
 pub fn free_port() -> u16 {
-    let listener = StdListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = ephemeral_low();
+    let span = low - FIRST_PORT;
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let port = FIRST_PORT + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).expect("port below the ephemeral range");
+        // The wildcard address conflicts with a listener on any address.
+        if StdListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST_PORT}-{}", low - 1)
+}
+
+const FIRST_PORT: u32 = 10_000;
+
+/// The first port of the kernel's ephemeral range (32768 by default on Linux).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|low| *low > FIRST_PORT + 1_000)
+        .unwrap_or(32_768)
 }
