@@ -12,7 +12,7 @@
 --   n       its number of windows, 1 to 4
 --   c       its cost, 1 <= c <= every window's limit
 --   mode    'consume' (count the request if it fits every window) or 'peek' (write nothing)
---   L1 W1   limit and window (ms) of the longest window, 1 <= L, 1 <= W
+--   L1 W1   limit and window (ms) of the longest window, 1 <= L, 1 <= W < 2^52
 --   ...     the n - 1 further windows, each shorter than the one before
 --
 -- Returns one reply per check, in order: its decision, or a string saying why it could not be
@@ -29,7 +29,9 @@
 -- Storage: one string per API key. A 40-byte header (little-endian): the ring's
 -- capacity C (u32), its head (u32), the frontier hint (u32, see below), the format
 -- version (u32, 1), when the key expires (i64, Unix ms), its newest entry (i64, Unix ms) and
--- the cutoff the hint was found at (i64, Unix ms);
+-- the mark (i64): the cutoff the hint was found at (Unix ms), or, when the hint is the
+-- head (every slot inside the window), -2^52 minus the oldest slot's time, so that a full
+-- ring's denial needs no slot read (below);
 -- then C >= L slots of 8-byte little-endian Unix-ms timestamps: the times of the
 -- last C allowed units, oldest at the head, in arrival order. A slot never used
 -- holds 0, older than any window. C is the largest limit the key has had while it
@@ -62,7 +64,14 @@
 -- window's frontier was (as a slot position, which writes do not move) and the next call
 -- gallops from there: a steady key needs one or two reads, a key idle for a while
 -- O(log C). A cutoff below the remembered one (a longer window) searches from the
--- oldest slot. Shorter windows hold the newest units, so their frontier is found by
+-- oldest slot. A full ring (the frontier at the head: a key at its limit) also remembers
+-- its oldest slot's time, the one a denial's retry_after comes from, so a denial there
+-- is one header read and no write. That memory is kept in the mark, not in a new field, so
+-- the format stays 1 and a script that predates it reads such a header correctly during a
+-- rolling deploy: it takes the mark for a cutoff below any real one and, the hint being the
+-- head, searches from the oldest slot as it would anyway; every write rewrites the mark.
+-- Windows are therefore below 2^52 ms (142,000 years), so no cutoff reads as a time.
+-- Shorter windows hold the newest units, so their frontier is found by
 -- galloping back from the newest slot. Writes are one SETRANGE of the c slots plus
 -- the header; the TTL is pushed out in steps of W/8, not on every call.
 
@@ -71,6 +80,11 @@ local LAYOUT = '<I4I4I4I4i8i8i8'
 local SLOT = 8
 local FORMAT = 1
 local ZERO_SLOT = string.rep('\0', SLOT)
+-- A mark at or below -TAG holds the oldest slot's time (see the header).
+local TAG = 4503599627370496
+-- Constant offsets as strings: Redis formats every number passed to redis.call() with
+-- %.17g, about 0.2 us each, and the header is read by every check.
+local HEADER_FIRST, HEADER_LAST = '0', tostring(HEADER - 1)
 
 -- The ring being decided, set by decide() for the helpers below.
 local ring_key, ring_head, ring_capacity, ring_body, seen
@@ -141,7 +155,7 @@ local function decide(key, cost, peek, limits, windows, capacity_needed, now)
   -- How long past its last needed moment a key may live: the TTL moves in these steps.
   local slack = math.floor(longest / 8)
 
-  local header = redis.call('GETRANGE', key, 0, HEADER - 1)
+  local header = redis.call('GETRANGE', key, HEADER_FIRST, HEADER_LAST)
   if #header < HEADER then
     local reply = {1, now, 0}
     for i = 1, count do
@@ -159,12 +173,12 @@ local function decide(key, cost, peek, limits, windows, capacity_needed, now)
     local expires = now + longest + slack
     local capacity = capacity_needed
     redis.call('SETRANGE', key, HEADER + (capacity - 1) * SLOT, ZERO_SLOT)
-    redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, cost % capacity, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
+    redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, cost % capacity, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
     redis.call('PEXPIREAT', key, expires)
     return reply
   end
 
-  local capacity, head, hint, format, expires, newest, hint_cutoff = struct.unpack(LAYOUT, header)
+  local capacity, head, hint, format, expires, newest, mark = struct.unpack(LAYOUT, header)
   if format ~= FORMAT then
     return 'ERR ratelimitd: key ' .. key .. ' does not hold a format ' .. FORMAT .. ' ratelimitd ring'
   end
@@ -176,14 +190,18 @@ local function decide(key, cost, peek, limits, windows, capacity_needed, now)
     end
     local split = head * SLOT
     body = string.rep(ZERO_SLOT, capacity_needed - capacity) .. string.sub(body, split + 1) .. string.sub(body, 1, split)
-    capacity, head, hint, hint_cutoff = capacity_needed, 0, 0, 0
+    capacity, head, hint, mark = capacity_needed, 0, 0, 0
     if not peek then
-      redis.call('SET', key, struct.pack(LAYOUT, capacity, head, hint, FORMAT, expires, newest, hint_cutoff) .. body, 'KEEPTTL')
+      redis.call('SET', key, struct.pack(LAYOUT, capacity, head, hint, FORMAT, expires, newest, mark) .. body, 'KEEPTTL')
       body = nil
     end
   end
 
   ring_key, ring_head, ring_capacity, ring_body, seen = key, head, capacity, body, {}
+  local oldest_known = mark <= -TAG
+  if oldest_known then
+    seen[0] = -TAG - mark
+  end
 
   if newest > now then
     now = newest
@@ -193,7 +211,7 @@ local function decide(key, cost, peek, limits, windows, capacity_needed, now)
   -- at the last call, and cutoffs only grow, so search from there.
   local cutoff = now - longest
   local start = 0
-  if cutoff >= hint_cutoff then
+  if cutoff >= mark then
     start = (hint - head) % capacity
   end
   local frontier = gallop_forward(start, capacity, cutoff)
@@ -236,9 +254,15 @@ local function decide(key, cost, peek, limits, windows, capacity_needed, now)
       expires = keep + slack
       redis.call('PEXPIREAT', key, expires)
     end
-    if extended or new_hint ~= hint then
+    -- A full ring whose oldest time is not remembered yet learns it here, once.
+    local full = frontier == 0
+    if extended or new_hint ~= hint or (full and not oldest_known) then
       -- Nothing is counted; the header only remembers the frontier and the expiry.
-      redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, head, new_hint, FORMAT, expires, newest, cutoff))
+      local new_mark = cutoff
+      if full then
+        new_mark = -TAG - slot_at(0)
+      end
+      redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, head, new_hint, FORMAT, expires, newest, new_mark))
     end
     return reply
   end
@@ -254,7 +278,19 @@ local function decide(key, cost, peek, limits, windows, capacity_needed, now)
   if cost > first then
     redis.call('SETRANGE', key, HEADER, string.rep(stamp, cost - first))
   end
-  redis.call('SETRANGE', key, 0, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, cutoff))
+  -- Full after this write (the frontier just past the c slots overwritten): remember its
+  -- oldest time, already read by the search (or now, if all C slots were written).
+  local new_mark = cutoff
+  if frontier == cost then
+    local oldest = now
+    if cost < capacity then
+      oldest = seen[cost]
+    end
+    if oldest then
+      new_mark = -TAG - oldest
+    end
+  end
+  redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, new_mark))
   return reply
 end
 
@@ -275,7 +311,7 @@ for k = 1, #KEYS do
   for i = 1, count do
     local l, w = tonumber(ARGV[p + 1 + 2 * i]), tonumber(ARGV[p + 2 + 2 * i])
     limits[i], windows[i] = l, w
-    if not l or not w or l < 1 or w < 1 or not valid or cost > l or (i > 1 and w >= windows[i - 1]) then
+    if not l or not w or l < 1 or w < 1 or w >= TAG or not valid or cost > l or (i > 1 and w >= windows[i - 1]) then
       valid = false
     elseif l > capacity_needed then
       capacity_needed = l
@@ -298,7 +334,7 @@ local replies = {}
 for k = 1, #KEYS do
   local check = checks[k]
   if not check[1] then
-    replies[k] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': cost must be at least 1 and at most every limit, mode consume or peek, limits and windows at least 1, windows longest first'
+    replies[k] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': cost must be at least 1 and at most every limit, mode consume or peek, limits and windows at least 1, windows below 2^52 ms and longest first'
   else
     -- A key of another type ends this check only. Any other error (READONLY on a demoted
     -- master, OOM, ...) ends the whole call: such an error stops the call's first write, so

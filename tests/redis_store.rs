@@ -240,13 +240,32 @@ fn one_connection_store(redis: &common::Redis, prefix: &str) -> ratelimitd::stor
 /// batch must be decided as if called alone, in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_the_rust_ring_decide_alike() {
+    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let (compared, batches) = replay(&[&script]).await;
+    println!("{compared} decisions in {batches} batches identical in Lua and Rust");
+}
+
+/// A rolling deploy: replicas running the previous release's script (the one before a
+/// full ring remembered its oldest time in the header's mark) and the current one share
+/// every key. Batches go to either at random; every decision must still be the Rust
+/// ring's, so each reads the other's header rightly.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_script_and_its_previous_release_share_keys_exactly() {
+    let current = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let previous = redis::Script::new(include_str!("fixtures/sliding_window_2fc91eb.lua"));
+    let (compared, batches) = replay(&[&current, &previous]).await;
+    println!("{compared} decisions in {batches} batches, by either script, identical to the Rust ring");
+}
+
+/// Replays the random timelines of the parity tests, each batch by one of `scripts` at
+/// random, against the Rust ring; the decisions and batches compared.
+async fn replay(scripts: &[&redis::Script]) -> (usize, usize) {
     use rand::{Rng, SeedableRng};
     use ratelimitd::limiter::{Limits, Mode, Ring, Window};
     use ratelimitd::store::redis::{decode, invocation, replies_of};
 
     let backend = Backend::redis().await;
     let mut conn = backend.redis.as_ref().unwrap().conn().await;
-    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     // Far enough ahead of the real clock that no key's TTL runs out during the test.
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
@@ -283,8 +302,9 @@ async fn the_script_and_the_rust_ring_decide_alike() {
                 .iter()
                 .map(|(key, policy, cost, mode, _)| (names[*key].as_bytes(), policy, *cost, *mode))
                 .collect();
+            let script = scripts[rng.random_range(0..scripts.len())];
             let replies: Vec<redis::Value> =
-                invocation(&script, &call, Some(now)).invoke_async(&mut conn).await.expect("the script runs");
+                invocation(script, &call, Some(now)).invoke_async(&mut conn).await.expect("the script runs");
             let replies = replies_of(call.len(), replies).expect("one reply per check");
             for ((key, policy, cost, mode, expected), reply) in checks.iter().zip(replies) {
                 let got = decode(policy, *cost, &reply.expect("a decision")).expect("a well-formed reply");
@@ -295,7 +315,50 @@ async fn the_script_and_the_rust_ring_decide_alike() {
             batches += 1;
         }
     }
-    println!("{compared} decisions in {batches} batches identical in Lua and Rust");
+    (compared, batches)
+}
+
+/// A key at its limit is denied from its header alone: one read, no write, however
+/// many denials, with the retry_after of its oldest counted unit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_at_its_limit_is_denied_from_its_header_alone() {
+    use ratelimitd::bench::command_calls;
+    use ratelimitd::limiter::{Limits, Mode, Window};
+    use ratelimitd::store::redis::{decode, invocation, replies_of};
+
+    let backend = Backend::redis().await;
+    let redis = backend.redis.as_ref().unwrap();
+    let mut conn = redis.conn().await;
+    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let limits = Limits::new(&[Window::new(300, Duration::from_secs(60)).unwrap()]).unwrap();
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let mut decide = async |at: u64| {
+        let call = [(b"full".as_slice(), &limits, 1, Mode::Consume)];
+        let replies: Vec<redis::Value> = invocation(&script, &call, Some(at)).invoke_async(&mut conn).await.unwrap();
+        let reply = replies_of(1, replies).unwrap().pop().unwrap().expect("a decision");
+        decode(&limits, 1, &reply).unwrap()
+    };
+    // 300 units, one per ms from start; then the first denial.
+    for at in start..start + 300 {
+        assert!(decide(at).await.allowed);
+    }
+    assert!(!decide(start + 300).await.allowed);
+
+    let reads_before = command_calls(&redis.url(), &["getrange"]).await.unwrap();
+    let writes_before = command_calls(&redis.url(), &["setrange", "set", "pexpireat"]).await.unwrap();
+    for at in start + 301..start + 351 {
+        let denied = decide(at).await;
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after_ms, start + 60_000 - at, "the oldest unit leaves the window then");
+    }
+    let reads = command_calls(&redis.url(), &["getrange"]).await.unwrap() - reads_before;
+    let writes = command_calls(&redis.url(), &["setrange", "set", "pexpireat"]).await.unwrap() - writes_before;
+    println!("50 denials of a full key: {reads} reads, {writes} writes");
+    assert_eq!((reads, writes), (50, 0), "one header read per denial, nothing written");
+
+    // Once the oldest unit has left the window, the key allows again, exactly one unit.
+    assert!(decide(start + 60_000).await.allowed);
+    assert!(!decide(start + 60_000).await.allowed);
 }
 
 /// A batch sender whose event loop stops mid-call (a worker thread's runtime shutting

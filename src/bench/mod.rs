@@ -342,15 +342,21 @@ fn summarise(options: &LoadOptions, results: Vec<CallerResult>, elapsed: Duratio
 
 /// EVALSHA plus EVAL calls Redis has served (INFO commandstats).
 pub async fn script_calls(url: &str) -> Result<u64, redis::RedisError> {
+    command_calls(url, &["evalsha", "eval"]).await
+}
+
+/// Calls of the named commands (lower case) Redis has served, those run by scripts
+/// included (INFO commandstats).
+pub async fn command_calls(url: &str, commands: &[&str]) -> Result<u64, redis::RedisError> {
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
     let calls = |name: &str| {
         info.lines()
-            .find_map(|line| line.strip_prefix(name))
+            .find_map(|line| line.strip_prefix("cmdstat_")?.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|rest| rest.split(['=', ',']).nth(1))
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Ok(calls("cmdstat_evalsha:") + calls("cmdstat_eval:"))
+    Ok(commands.iter().map(|name| calls(name)).sum())
 }
