@@ -1,6 +1,7 @@
 //! `ratelimitd-bench`: drives one or more ratelimitd replicas with concurrent gRPC
 //! callers and reports throughput, latency and whether the exactness rule held.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -112,13 +113,18 @@ async fn main() -> ExitCode {
             Err(e) => return fail(&format!("--redis-url: {e}")),
         }
     }
-    if args.json {
+    let text = if args.json {
         match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
+            Ok(json) => json + "\n",
             Err(e) => return fail(&e.to_string()),
         }
     } else {
-        print!("{report}");
+        report.to_string()
+    };
+    // `print!` would panic if stdout is closed (a pipe whose reader has gone).
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        return fail(&format!("cannot write the report to stdout: {e}"));
     }
     if report.exactness.holds() && report.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
