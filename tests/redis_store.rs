@@ -136,6 +136,23 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
     assert!(error.to_string().contains("invalid arguments"), "{error}");
     let exists: u32 = redis::cmd("EXISTS").arg("ring-b").arg("ring-c").query_async(&mut conn).await.unwrap();
     assert_eq!(exists, 0);
+
+    // The script parses the windows of consecutive checks once when their arguments
+    // repeat: bad windows fail the check that repeats them too, the next windows are
+    // parsed afresh, and a cost over the limit fails even with windows shared.
+    let mut repeated = script.prepare_invoke();
+    repeated.arg("");
+    for (key, cost, window) in [("ring-d", 1, 0), ("ring-e", 1, 0), ("ring-f", 1, 60_000), ("ring-g", 6, 60_000)] {
+        repeated.key(key).arg(1).arg(cost).arg("consume").arg(5).arg(window);
+    }
+    let replies = replies_of(4, repeated.invoke_async(&mut conn).await.unwrap()).unwrap();
+    let decided: Vec<bool> = replies.iter().map(Result::is_ok).collect();
+    assert_eq!(decided, [false, false, true, false], "{replies:?}");
+    let mut exists = Vec::new();
+    for key in ["ring-d", "ring-e", "ring-f", "ring-g"] {
+        exists.push(redis::cmd("EXISTS").arg(key).query_async::<u32>(&mut conn).await.unwrap());
+    }
+    assert_eq!(exists, [0, 0, 1, 0]);
 }
 
 /// Checks that arrive while a connection's calls are out share the next script call,
