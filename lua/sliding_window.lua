@@ -8,22 +8,28 @@
 -- ARGV[1]  '' to use Redis TIME, or the caller's clock in Unix ms, for every check. The service
 --          always passes ''; a caller clock (trusting each replica's clock) exists for Redis
 --          services that forbid TIME in scripts and for tests that replay a timeline.
--- Then for each check k, in the order of KEYS:
---   n       its number of windows, 1 to 4
---   c       its cost, 1 <= c <= every window's limit
+-- ARGV[k + 1]  check k, one string: '<c> <mode> <L1> <W1> [<L2> <W2> ...]', decimal integers
+--          separated by single spaces, where
+--   c       is its cost, 1 <= c <= every window's limit
 --   mode    'consume' (count the request if it fits every window) or 'peek' (write nothing)
 --   L1 W1   limit and window (ms) of the longest window, 1 <= L, 1 <= W < 2^52
---   ...     the n - 1 further windows, each shorter than the one before
+--   ...     up to 3 further windows, each shorter than the one before
+--          A batch's checks mostly have one policy and cost 1, so their strings are equal:
+--          each distinct string is parsed once per call.
 --
--- Returns one reply per check, in order: its decision, or a string saying why it could not be
--- decided (bad arguments, or a key that is not ours), which leaves that key unchanged and
--- the other checks decided. Arguments whose shape is wrong fail the whole call, before any
--- check; so does any other Redis error (READONLY, OOM), which comes before any write. A
--- decision is
---   {allowed (1|0), decided_at_ms, newest_ms (the key's newest unit before this
--- request, 0 if none), then for each window: spare (units free before this request),
--- retry_after_ms (0 if the request fits that window)}. The caller assembles remaining,
--- retry and reset from these (src/limiter/decision.rs), as the in-process store does.
+-- Returns one flat array: for each check in order, either its decision, 3 + 2n integers
+--   allowed (1|0), decided_at_ms, newest_ms (the key's newest unit before this request, 0 if
+--   none), then for each of its n windows: spare (units free before this request),
+--   retry_after_ms (0 if the request fits that window),
+-- or one string saying why it could not be decided (bad arguments, or a key that is not
+-- ours), which leaves that key unchanged and the other checks decided. A reader tells the
+-- two apart by the first value's type. A call with no keys, or not one argument per key,
+-- fails whole, before any check; so does any other Redis error (READONLY, OOM), which
+-- comes before any write. The caller assembles remaining, retry and reset from a
+-- decision's values (src/limiter/decision.rs), as the in-process store does. One flat array
+-- rather than one per check, and one argument per check rather than 3 + 2n: Redis makes a
+-- Lua string of every argument and converts every table of the reply, and this layout costs
+-- it about a quarter less per check (BENCHMARKS.md).
 -- Needs Redis 6.2 or newer (SET ... KEEPTTL).
 --
 -- Storage: one string per API key. A 40-byte header (little-endian): the ring's
@@ -148,22 +154,26 @@ local function gallop_back(lo, hi, cutoff)
   return lo
 end
 
--- Decides one request of `cost` for `key` under the windows of `spec` (see the argument
--- loop below; the script's work for one check, see the top); returns its reply, or a string
--- saying what is wrong with the key.
-local function decide(key, cost, peek, spec, now)
-  local limits, windows, count = spec.limits, spec.windows, spec.count
-  local capacity_needed, longest, slack = spec.capacity, windows[1], spec.slack
+-- The call's reply (see the top), which decide() writes each decision into.
+local out = {}
+
+-- Decides `check` (a parsed argument, see parse() below) for `key`: the script's work for
+-- one check (see the top). Writes the decision's values into `out` from index `at` and
+-- returns nothing, or returns a string saying what is wrong with the key, having written
+-- nothing.
+local function decide(key, check, now, at)
+  local cost, peek, limits, windows, count = check.cost, check.peek, check.limits, check.windows, check.count
+  local capacity_needed, longest, slack = check.capacity, windows[1], check.slack
 
   local header = redis.call('GETRANGE', key, HEADER_FIRST, HEADER_LAST)
   if #header < HEADER then
-    local reply = {1, now, 0}
+    out[at], out[at + 1], out[at + 2] = 1, now, 0
     for i = 1, count do
-      reply[2 * i + 2] = limits[i]
-      reply[2 * i + 3] = 0
+      out[at + 2 * i + 1] = limits[i]
+      out[at + 2 * i + 2] = 0
     end
     if peek then
-      return reply
+      return
     end
     -- A new key: Redis allocates the whole ring at its exact size, zero-filled, once
     -- (a SETRANGE past the end of a missing key), so no Lua string of C slots is built
@@ -175,7 +185,7 @@ local function decide(key, cost, peek, spec, now)
     redis.call('SETRANGE', key, HEADER + (capacity - 1) * SLOT, ZERO_SLOT)
     redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, cost % capacity, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
     redis.call('PEXPIREAT', key, expires)
-    return reply
+    return
   end
 
   local capacity, head, hint, format, expires, newest, mark = struct.unpack(LAYOUT, header)
@@ -218,7 +228,7 @@ local function decide(key, cost, peek, spec, now)
   local new_hint = (head + frontier) % capacity
 
   local allowed = 1
-  local reply = {0, now, newest}
+  out[at + 1], out[at + 2] = now, newest
   for i = 1, count do
     local l, w = limits[i], windows[i]
     local decisive = capacity - l + cost - 1
@@ -238,12 +248,12 @@ local function decide(key, cost, peek, spec, now)
       allowed = 0
       retry = slot_at(decisive) + w - now
     end
-    reply[2 * i + 2] = spare
-    reply[2 * i + 3] = retry
+    out[at + 2 * i + 1] = spare
+    out[at + 2 * i + 2] = retry
   end
-  reply[1] = allowed
+  out[at] = allowed
   if peek then
-    return reply
+    return
   end
 
   if allowed == 0 then
@@ -264,7 +274,7 @@ local function decide(key, cost, peek, spec, now)
       end
       redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, head, new_hint, FORMAT, expires, newest, new_mark))
     end
-    return reply
+    return
   end
 
   -- The c oldest slots are outside every window (they precede each frontier).
@@ -291,67 +301,43 @@ local function decide(key, cost, peek, spec, now)
     end
   end
   redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, new_mark))
-  return reply
 end
 
-local MALFORMED = 'ERR ratelimitd: invalid arguments: need the clock, then for each key: the number of windows (1-4), cost, consume|peek, and that many (limit, window) pairs'
+local MALFORMED = 'ERR ratelimitd: invalid arguments: need the clock, then one argument per key: its check, "<cost> consume|peek <limit> <window ms> ..."'
 
--- Reads every check's arguments before deciding any: a malformed call changes nothing.
--- The checks of one batch mostly share their windows (one policy), so a check whose
--- window arguments are the very strings of the check before (Redis interns Lua strings:
--- comparing them is cheap) shares that check's parsed windows, its spec; and no table is
--- made per check. Measured with batches of 16 (BENCHMARKS.md): about 10 % less Redis CPU
--- per check for a key at its limit, 3-9 % for an allowed check.
-local costs, peeks, specs = {}, {}, {}
-local spec, spec_at = nil, 0
-local p = 2
-for k = 1, #KEYS do
-  local count = tonumber(ARGV[p])
-  if not count or count < 1 or count > 4 or count % 1 ~= 0 or p + 2 + 2 * count > #ARGV then
-    return redis.error_reply(MALFORMED)
+-- A check's argument parsed (see the top), or false if it is not a valid check: 1 to 4
+-- windows, every limit and window a positive integer, windows below 2^52 ms and longest
+-- first, 1 <= cost <= every limit.
+local function parse(arg)
+  local cost, mode, at = string.match(arg, '^(%d+) (%l+)()')
+  if not cost or (mode ~= 'consume' and mode ~= 'peek') then
+    return false
   end
-  local same = spec ~= nil and count == spec.count
-  if same then
-    for a = p + 3, p + 2 + 2 * count do
-      if ARGV[a] ~= ARGV[a - p + spec_at] then
-        same = false
-        break
-      end
+  local limits, windows, count, capacity, smallest = {}, {}, 0, 0, TAG
+  while at <= #arg do
+    local l, w, next_at = string.match(arg, '^ (%d+) (%d+)()', at)
+    if not l or count == 4 then
+      return false
     end
-  end
-  if not same then
-    -- valid: every limit and window a positive number, windows below 2^52 ms, longest first.
-    local limits, windows = {}, {}
-    local valid, capacity, smallest = true, 0, nil
-    for i = 1, count do
-      local l, w = tonumber(ARGV[p + 1 + 2 * i]), tonumber(ARGV[p + 2 + 2 * i])
-      limits[i], windows[i] = l, w
-      if not l or not w or l < 1 or w < 1 or w >= TAG or (i > 1 and w >= windows[i - 1]) then
-        valid = false
-      else
-        if l > capacity then
-          capacity = l
-        end
-        if not smallest or l < smallest then
-          smallest = l
-        end
-      end
+    l, w = tonumber(l), tonumber(w)
+    if l < 1 or w < 1 or w >= TAG or (count > 0 and w >= windows[count]) then
+      return false
     end
-    -- slack: how long past its last needed moment a key may live; the TTL moves in these steps.
-    spec = {count = count, limits = limits, windows = windows, valid = valid, capacity = capacity,
-            smallest = smallest, slack = valid and floor(windows[1] / 8)}
-    spec_at = p
+    count = count + 1
+    limits[count], windows[count] = l, w
+    capacity, smallest = max(capacity, l), min(smallest, l)
+    at = next_at
   end
-  local cost, mode = tonumber(ARGV[p + 1]), ARGV[p + 2]
-  -- A check is decided if its windows are valid and 1 <= cost <= every limit.
-  if spec.valid and cost ~= nil and cost >= 1 and cost <= spec.smallest and (mode == 'consume' or mode == 'peek') then
-    costs[k], peeks[k], specs[k] = cost, mode == 'peek', spec
-  else
-    specs[k] = false
+  cost = tonumber(cost)
+  if count == 0 or cost < 1 or cost > smallest then
+    return false
   end
-  p = p + 3 + 2 * count
+  -- slack: how long past its last needed moment a key may live; the TTL moves in these steps.
+  return {cost = cost, peek = mode == 'peek', count = count, limits = limits, windows = windows,
+          capacity = capacity, slack = floor(windows[1] / 8)}
 end
-if p ~= #ARGV + 1 or #KEYS == 0 then
+
+if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
   return redis.error_reply(MALFORMED)
 end
 
@@ -361,25 +347,38 @@ if not now then
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 
-local replies = {}
+-- Each distinct argument is parsed once (Redis interns Lua strings: looking one up is cheap).
+local parsed = {}
+local at = 1
 for k = 1, #KEYS do
-  local check = specs[k]
+  local arg = ARGV[k + 1]
+  local check = parsed[arg]
+  if check == nil then
+    check = parse(arg)
+    parsed[arg] = check
+  end
+  local failure
   if not check then
-    replies[k] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': cost must be at least 1 and at most every limit, mode consume or peek, limits and windows at least 1, windows below 2^52 ms and longest first'
+    failure = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits and windows at least 1, windows below 2^52 ms, and 1 <= cost <= every limit'
   else
     -- A key of another type ends this check only. Any other error (READONLY on a demoted
     -- master, OOM, ...) ends the whole call: such an error stops the call's first write, so
     -- nothing was written, and the caller must see what Redis said (it reconnects on READONLY).
-    local ok, reply = pcall(decide, KEYS[k], costs[k], peeks[k], check, now)
+    local ok, result = pcall(decide, KEYS[k], check, now, at)
     if ok then
-      replies[k] = reply
+      failure = result
     else
-      local words = type(reply) == 'table' and reply.err or tostring(reply)
-      if string.sub(words, 1, 9) ~= 'WRONGTYPE' then
-        return redis.error_reply(words)
+      failure = type(result) == 'table' and result.err or tostring(result)
+      if string.sub(failure, 1, 9) ~= 'WRONGTYPE' then
+        return redis.error_reply(failure)
       end
-      replies[k] = words
     end
   end
+  if failure then
+    out[at] = failure
+    at = at + 1
+  else
+    at = at + 3 + 2 * check.count
+  end
 end
-return replies
+return out

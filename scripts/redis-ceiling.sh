@@ -19,10 +19,16 @@ while getopts "h:p:c:k:n:l:w:" opt; do
 done
 
 sha=$(redis-cli -h "$host" -p "$port" SCRIPT LOAD "$(cat lua/sliding_window.lua)")
-# The script's arguments (see its header): Redis's clock, then one check of one window, cost 1, consume.
+# The script's arguments (see its header): Redis's clock, then one check: cost 1, consume, one window.
+# redis-benchmark does not read replies: check once that the script decides such a call.
+first=$(redis-cli -h "$host" -p "$port" EVALSHA "$sha" 1 "ceiling-$limit:{check}" "" "1 consume $limit $window" | head -n 1)
+case "$first" in
+  0 | 1) ;;
+  *) echo "redis-ceiling: the script did not decide the benchmark's call: $first" >&2; exit 1 ;;
+esac
 for pipeline in 1 16; do
   # __rand_int__ becomes a random 12-digit number below -r: uniform over $keys keys.
   rps=$(redis-benchmark -h "$host" -p "$port" -c "$clients" -n "$requests" -r "$keys" -P "$pipeline" --csv \
-    EVALSHA "$sha" 1 "ceiling-$limit:{__rand_int__}" "" 1 1 consume "$limit" "$window" | tail -n 1 | cut -d'"' -f4)
+    EVALSHA "$sha" 1 "ceiling-$limit:{__rand_int__}" "" "1 consume $limit $window" | tail -n 1 | cut -d'"' -f4)
   echo "redis ceiling: limit $limit, $clients clients, $keys keys, -P $pipeline: $rps EVALSHA/s"
 done

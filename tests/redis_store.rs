@@ -114,7 +114,7 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
         (b"ring-a".as_slice(), &limits, 1, Mode::Consume),
     ];
     let replies: Vec<redis::Value> = invocation(&script, &checks, None).invoke_async(&mut conn).await.unwrap();
-    let replies = replies_of(checks.len(), replies).unwrap();
+    let replies = replies_of(&checks, replies).unwrap();
     let allowed: Vec<Option<bool>> = replies.iter().map(|r| r.as_ref().ok().map(|values| values[0] == 1)).collect();
     assert_eq!(allowed, [Some(true), None, None, Some(true), Some(false)], "{replies:?}");
     let words = |i: usize| match &replies[i] {
@@ -128,31 +128,59 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
     let exists: u32 = redis::cmd("EXISTS").arg("bad-cost").query_async(&mut conn).await.unwrap();
     assert_eq!(exists, 0);
 
-    // The second check lacks its window's length: nothing is decided, not even the first.
+    // A key without its argument: nothing is decided, not even the first.
     let mut malformed = script.prepare_invoke();
-    malformed.arg("").key("ring-b").arg(1).arg(1).arg("consume").arg(5).arg(60_000);
-    malformed.key("ring-c").arg(1).arg(1).arg("consume").arg(5);
+    malformed.arg("").key("ring-b").arg("1 consume 5 60000").key("ring-c");
     let error = malformed.invoke_async::<redis::Value>(&mut conn).await.expect_err("a malformed call fails");
     assert!(error.to_string().contains("invalid arguments"), "{error}");
     let exists: u32 = redis::cmd("EXISTS").arg("ring-b").arg("ring-c").query_async(&mut conn).await.unwrap();
     assert_eq!(exists, 0);
 
-    // The script parses the windows of consecutive checks once when their arguments
-    // repeat: bad windows fail the check that repeats them too, the next windows are
-    // parsed afresh, and a cost over the limit fails even with windows shared.
+    // Each distinct argument is parsed once per call: a bad one fails every check that
+    // repeats it, the next is parsed afresh, and anything but the exact grammar fails its
+    // check alone (a window too many, a trailing word, a lone limit, windows not longest
+    // first, a cost over a limit, another mode, a window of 2^52 ms).
+    let args = [
+        ("ring-d", "1 consume 5 0"),
+        ("ring-e", "1 consume 5 0"),
+        ("ring-f", "1 consume 5 60000"),
+        ("ring-g", "6 consume 5 60000"),
+        ("ring-h", "1 consume 5 5000 5 4000 5 3000 5 2000 5 1000"),
+        ("ring-i", "1 consume 5 60000 extra"),
+        ("ring-j", "1 consume 5 60000 5"),
+        ("ring-k", "1 consume 5 1000 5 60000"),
+        ("ring-l", "1 Consume 5 60000"),
+        ("ring-m", "1 consume 5 4503599627370496"),
+        ("ring-n", "1  consume 5 60000"),
+        ("ring-o", "2 consume 5 60000 3 1000"),
+        ("ring-p", "1 consume 5 60000"),
+    ];
     let mut repeated = script.prepare_invoke();
     repeated.arg("");
-    for (key, cost, window) in [("ring-d", 1, 0), ("ring-e", 1, 0), ("ring-f", 1, 60_000), ("ring-g", 6, 60_000)] {
-        repeated.key(key).arg(1).arg(cost).arg("consume").arg(5).arg(window);
+    for (key, arg) in args {
+        repeated.key(key).arg(arg);
     }
-    let replies = replies_of(4, repeated.invoke_async(&mut conn).await.unwrap()).unwrap();
+    let values: Vec<redis::Value> = repeated.invoke_async(&mut conn).await.unwrap();
+    let windows = |arg: &str| if arg.ends_with("3 1000") { 2 } else { 1 };
+    let shapes: Vec<Limits> = args
+        .iter()
+        .map(|(_, arg)| {
+            let w = Window::new(5, Duration::from_secs(60)).unwrap();
+            let short = Window::new(3, Duration::from_secs(1)).unwrap();
+            if windows(arg) == 2 { Limits::new(&[w, short]).unwrap() } else { Limits::new(&[w]).unwrap() }
+        })
+        .collect();
+    let calls: Vec<_> = args.iter().zip(&shapes).map(|((key, _), l)| (key.as_bytes(), l, 1, Mode::Consume)).collect();
+    let replies = replies_of(&calls, values).unwrap();
     let decided: Vec<bool> = replies.iter().map(Result::is_ok).collect();
-    assert_eq!(decided, [false, false, true, false], "{replies:?}");
+    let expected = [false, false, true, false, false, false, false, false, false, false, false, true, true];
+    assert_eq!(decided, expected, "{replies:?}");
     let mut exists = Vec::new();
-    for key in ["ring-d", "ring-e", "ring-f", "ring-g"] {
-        exists.push(redis::cmd("EXISTS").arg(key).query_async::<u32>(&mut conn).await.unwrap());
+    for (key, _) in args {
+        exists.push(redis::cmd("EXISTS").arg(key).query_async::<u32>(&mut conn).await.unwrap() == 1);
     }
-    assert_eq!(exists, [0, 0, 1, 0]);
+    assert_eq!(exists, expected);
+    assert_eq!(replies[11].as_ref().unwrap()[3..], [5, 0, 3, 0], "two windows, each with its limit spare");
 }
 
 /// Checks that arrive while a connection's calls are out share the next script call,
@@ -258,7 +286,7 @@ fn one_connection_store(redis: &common::Redis, prefix: &str) -> ratelimitd::stor
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_the_rust_ring_decide_alike() {
     let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
-    let (compared, batches) = replay(&[&script]).await;
+    let (compared, batches) = replay(&[Release::Current(&script)]).await;
     println!("{compared} decisions in {batches} batches identical in Lua and Rust");
 }
 
@@ -270,16 +298,63 @@ async fn the_script_and_the_rust_ring_decide_alike() {
 async fn the_script_and_its_previous_release_share_keys_exactly() {
     let current = redis::Script::new(include_str!("../lua/sliding_window.lua"));
     let previous = redis::Script::new(include_str!("fixtures/sliding_window_2fc91eb.lua"));
-    let (compared, batches) = replay(&[&current, &previous]).await;
+    let (compared, batches) = replay(&[Release::Current(&current), Release::Previous(&previous)]).await;
     println!("{compared} decisions in {batches} batches, by either script, identical to the Rust ring");
+}
+
+/// A script, and the call format it takes.
+#[derive(Clone, Copy)]
+enum Release<'a> {
+    /// `lua/sliding_window.lua`, called as the store calls it.
+    Current(&'a redis::Script),
+    /// The previous release's script (`tests/fixtures`), in the format of its time: per
+    /// check its window count, cost, mode and (limit, window) pairs as separate arguments,
+    /// and one reply (a table, or a string) per check.
+    Previous(&'a redis::Script),
+}
+
+impl Release<'_> {
+    /// Decides `checks` in one call at `now`: a reply per check, as `replies_of` gives them.
+    async fn call(
+        self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        checks: &[ratelimitd::store::redis::Check<'_>],
+        now: u64,
+    ) -> Vec<Result<ratelimitd::store::redis::Reply, ratelimitd::store::StoreError>> {
+        use ratelimitd::store::StoreError;
+        use ratelimitd::store::redis::{invocation, mode_arg, replies_of};
+        match self {
+            Release::Current(script) => {
+                let values = invocation(script, checks, Some(now)).invoke_async(conn).await.expect("the script runs");
+                replies_of(checks, values).expect("one reply per check")
+            }
+            Release::Previous(script) => {
+                let mut call = script.prepare_invoke();
+                call.arg(now);
+                for &(key, limits, cost, mode) in checks {
+                    call.key(key).arg(limits.windows().len()).arg(cost).arg(mode_arg(mode));
+                    for window in limits.windows() {
+                        call.arg(window.limit()).arg(window.window_ms());
+                    }
+                }
+                let values: Vec<redis::Value> = call.invoke_async(conn).await.expect("the script runs");
+                assert_eq!(values.len(), checks.len(), "one reply per check");
+                let reply = |value| match value {
+                    redis::Value::BulkString(words) => Err(StoreError::Failed(String::from_utf8_lossy(&words).into())),
+                    value => Ok(redis::from_redis_value(value).expect("a decision's values")),
+                };
+                values.into_iter().map(reply).collect()
+            }
+        }
+    }
 }
 
 /// Replays the random timelines of the parity tests, each batch by one of `scripts` at
 /// random, against the Rust ring; the decisions and batches compared.
-async fn replay(scripts: &[&redis::Script]) -> (usize, usize) {
+async fn replay(scripts: &[Release<'_>]) -> (usize, usize) {
     use rand::{Rng, SeedableRng};
     use ratelimitd::limiter::{Limits, Mode, Ring, Window};
-    use ratelimitd::store::redis::{decode, invocation, replies_of};
+    use ratelimitd::store::redis::decode;
 
     let backend = Backend::redis().await;
     let mut conn = backend.redis.as_ref().unwrap().conn().await;
@@ -319,10 +394,8 @@ async fn replay(scripts: &[&redis::Script]) -> (usize, usize) {
                 .iter()
                 .map(|(key, policy, cost, mode, _)| (names[*key].as_bytes(), policy, *cost, *mode))
                 .collect();
-            let script = scripts[rng.random_range(0..scripts.len())];
-            let replies: Vec<redis::Value> =
-                invocation(script, &call, Some(now)).invoke_async(&mut conn).await.expect("the script runs");
-            let replies = replies_of(call.len(), replies).expect("one reply per check");
+            let release = scripts[rng.random_range(0..scripts.len())];
+            let replies = release.call(&mut conn, &call, now).await;
             for ((key, policy, cost, mode, expected), reply) in checks.iter().zip(replies) {
                 let got = decode(policy, *cost, &reply.expect("a decision")).expect("a well-formed reply");
                 let name = &names[*key];
@@ -352,7 +425,7 @@ async fn a_key_at_its_limit_is_denied_from_its_header_alone() {
     let mut decide = async |at: u64| {
         let call = [(b"full".as_slice(), &limits, 1, Mode::Consume)];
         let replies: Vec<redis::Value> = invocation(&script, &call, Some(at)).invoke_async(&mut conn).await.unwrap();
-        let reply = replies_of(1, replies).unwrap().pop().unwrap().expect("a decision");
+        let reply = replies_of(&call, replies).unwrap().pop().unwrap().expect("a decision");
         decode(&limits, 1, &reply).unwrap()
     };
     // 300 units, one per ms from start; then the first denial.

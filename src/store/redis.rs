@@ -411,7 +411,7 @@ impl Shared {
         let mut conn = self.connection(lane).await?;
         let invocation = invocation(&self.script, checks, None);
         match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
-            Ok(replies) => replies_of(checks.len(), replies),
+            Ok(replies) => replies_of(checks, replies),
             Err(e) => Err(self.failed(e)),
         }
     }
@@ -456,28 +456,58 @@ pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u6
         None => invocation.arg(""),
     };
     for &(key, limits, cost, mode) in checks {
-        invocation.key(key);
-        invocation.arg(limits.windows().len()).arg(cost).arg(mode_arg(mode));
-        for window in limits.windows() {
-            invocation.arg(window.limit()).arg(window.window_ms());
-        }
+        invocation.key(key).arg(check_arg(limits, cost, mode));
     }
     invocation
 }
 
-/// Splits a script call's reply into one per check: a decision's values, or the
-/// script's words for a check it could not decide.
-pub fn replies_of(checks: usize, replies: Vec<Value>) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
-    if replies.len() != checks {
-        return Err(StoreError::Failed(format!("the script answered {} checks of {checks}", replies.len())));
+/// A check's one script argument: `<cost> <mode> <L1> <W1> ...`, longest window first.
+pub fn check_arg(limits: &Limits, cost: u32, mode: Mode) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut arg = Vec::with_capacity(16 + 24 * limits.windows().len());
+    // Writing to a Vec cannot fail.
+    let _ = write!(arg, "{cost} {}", mode_arg(mode));
+    for window in limits.windows() {
+        let _ = write!(arg, " {} {}", window.limit(), window.window_ms());
     }
-    let reply = |value: Value| match value {
-        Value::BulkString(words) => Err(StoreError::Failed(String::from_utf8_lossy(&words).into_owned())),
-        Value::SimpleString(words) => Err(StoreError::Failed(words)),
-        value => redis::from_redis_value::<Reply>(value)
-            .map_err(|e| StoreError::Failed(format!("the script's reply is not a decision: {e}"))),
-    };
-    Ok(replies.into_iter().map(reply).collect())
+    arg
+}
+
+/// Splits a script call's flat reply into one per check: a decision's 3 + 2n values (n: the
+/// check's windows), or the script's words for a check it could not decide.
+pub fn replies_of(checks: &[Check<'_>], values: Vec<Value>) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+    let malformed = |what: String| StoreError::Failed(format!("the script's reply is malformed: {what}"));
+    let mut values = values.into_iter();
+    let mut replies = Vec::with_capacity(checks.len());
+    for (k, &(_, limits, _, _)) in checks.iter().enumerate() {
+        let reply = match values.next() {
+            Some(Value::BulkString(words)) => Err(StoreError::Failed(String::from_utf8_lossy(&words).into_owned())),
+            Some(Value::SimpleString(words)) => Err(StoreError::Failed(words)),
+            Some(first @ Value::Int(_)) => {
+                let len = 3 + 2 * limits.windows().len();
+                let mut reply = Vec::with_capacity(len);
+                for value in std::iter::once(first).chain(values.by_ref().take(len - 1)) {
+                    match value {
+                        Value::Int(v) => {
+                            reply.push(u64::try_from(v).map_err(|_| malformed(format!("{v} in check {k}")))?)
+                        }
+                        other => return Err(malformed(format!("{other:?} in check {k}"))),
+                    }
+                }
+                if reply.len() != len {
+                    return Err(malformed(format!("it ends in check {k} of {}", checks.len())));
+                }
+                Ok(reply)
+            }
+            Some(other) => return Err(malformed(format!("{other:?} starts check {k}"))),
+            None => return Err(malformed(format!("it ends before check {k} of {}", checks.len()))),
+        };
+        replies.push(reply);
+    }
+    if values.next().is_some() {
+        return Err(malformed(format!("values follow the last of {} checks", checks.len())));
+    }
+    Ok(replies)
 }
 
 /// The script's reply: allowed, decided_at_ms, newest_ms, then spare and retry_after_ms
@@ -549,4 +579,68 @@ fn classify(e: RedisError) -> StoreError {
             )
         );
     if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Failed(e.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use redis::Value;
+
+    use super::{Check, check_arg, replies_of};
+    use crate::limiter::{Limits, Mode, Window};
+
+    fn two_windows() -> Limits {
+        let windows =
+            [Window::new(300, Duration::from_secs(60)).unwrap(), Window::new(20, Duration::from_secs(1)).unwrap()];
+        Limits::new(&windows).unwrap()
+    }
+
+    #[test]
+    fn a_check_is_one_argument_longest_window_first() {
+        assert_eq!(check_arg(&two_windows(), 3, Mode::Peek), b"3 peek 300 60000 20 1000");
+        let one = Limits::single(5, Duration::from_millis(1500)).unwrap();
+        assert_eq!(check_arg(&one, 1, Mode::Consume), b"1 consume 5 1500");
+    }
+
+    /// The flat reply splits by each check's window count; a string stands for a whole
+    /// check; anything else is the call's error, not a wrong decision.
+    #[test]
+    fn a_flat_reply_splits_into_one_per_check() {
+        let (one, two) = (Limits::single(5, Duration::from_secs(60)).unwrap(), two_windows());
+        let checks: [Check<'_>; 3] =
+            [(b"a", &two, 1, Mode::Consume), (b"b", &one, 1, Mode::Consume), (b"c", &one, 1, Mode::Peek)];
+        let int = Value::Int;
+        let words = Value::BulkString(b"WRONGTYPE".to_vec());
+        let values = vec![
+            int(1),
+            int(100),
+            int(90),
+            int(7),
+            int(0),
+            int(2),
+            int(0),
+            words.clone(),
+            int(0),
+            int(100),
+            int(90),
+            int(0),
+            int(40),
+        ];
+        let replies = replies_of(&checks, values.clone()).unwrap();
+        assert_eq!(replies[0].as_ref().unwrap(), &[1, 100, 90, 7, 0, 2, 0]);
+        assert!(matches!(&replies[1], Err(super::StoreError::Failed(w)) if w == "WRONGTYPE"));
+        assert_eq!(replies[2].as_ref().unwrap(), &[0, 100, 90, 0, 40]);
+
+        let short = values[..values.len() - 1].to_vec();
+        let mut long = values.clone();
+        long.push(int(1));
+        let mut negative = values.clone();
+        negative[4] = int(-1);
+        let mut nested = values.clone();
+        nested[2] = Value::Array(vec![int(90)]);
+        for bad in [short, long, negative, nested, Vec::new()] {
+            assert!(matches!(replies_of(&checks, bad), Err(super::StoreError::Failed(_))));
+        }
+    }
 }
