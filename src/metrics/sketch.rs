@@ -13,11 +13,19 @@ use crate::limiter::Fingerprint;
 pub struct SpaceSaving {
     capacity: usize,
     counts: HashMap<Fingerprint, u64>,
+    /// Keys that had the smallest count, `floor`, when the counters were last searched:
+    /// the next to be replaced, each if still at `floor`. Counts only grow and a newcomer
+    /// starts above `floor`, so while one is left no counter is smaller, and a search of
+    /// all counters is needed only when they run out, not on every newcomer (a full sketch
+    /// gets one per denial of an untracked key).
+    smallest: Vec<Fingerprint>,
+    floor: u64,
 }
 
 impl SpaceSaving {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), counts: HashMap::with_capacity(capacity.max(1)) }
+        let capacity = capacity.max(1);
+        Self { capacity, counts: HashMap::with_capacity(capacity), smallest: Vec::new(), floor: 0 }
     }
 
     pub fn add(&mut self, key: Fingerprint) {
@@ -29,10 +37,24 @@ impl SpaceSaving {
             *c += count;
         } else if self.counts.len() < self.capacity {
             self.counts.insert(key, count);
-        } else if let Some((&smallest, &min)) = self.counts.iter().min_by_key(|(_, c)| **c) {
+        } else if let Some(min) = self.evict_smallest() {
             // The newcomer inherits the smallest count: it may have been that key all along.
-            self.counts.remove(&smallest);
             self.counts.insert(key, min + count);
+        }
+    }
+
+    /// Removes a counter with the smallest count and returns that count.
+    fn evict_smallest(&mut self) -> Option<u64> {
+        loop {
+            while let Some(candidate) = self.smallest.pop() {
+                if self.counts.get(&candidate) == Some(&self.floor) {
+                    self.counts.remove(&candidate);
+                    return Some(self.floor);
+                }
+            }
+            let floor = *self.counts.values().min()?;
+            self.floor = floor;
+            self.smallest.extend(self.counts.iter().filter(|(_, c)| **c == floor).map(|(key, _)| *key));
         }
     }
 
@@ -126,6 +148,38 @@ mod tests {
         assert_eq!(top, keys[..3].to_vec());
         let doubled = sketch.merged(&sketch);
         assert_eq!(doubled.top(1)[0].1, 2 * sketch.top(1)[0].1);
+    }
+
+    /// The guarantees of space-saving hold however the smallest counter is found: the
+    /// counts add up to the stream, and every key seen more than total/capacity times is
+    /// kept, counted at least as often as seen and at most total/capacity more.
+    #[test]
+    fn space_saving_keeps_its_bounds_over_a_skewed_stream() {
+        let keys = keys(2_000);
+        let capacity = 256;
+        let mut sketch = SpaceSaving::new(capacity);
+        let mut seen = HashMap::new();
+        let mut state = 7u64;
+        let total = 100_000;
+        for _ in 0..total {
+            // xorshift, squared: low indices (heavy keys) come far more often.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state % 10_000) as f64 / 10_000.0;
+            let key = keys[(u * u * u * keys.len() as f64) as usize];
+            sketch.add(key);
+            *seen.entry(key).or_insert(0u64) += 1;
+        }
+        assert_eq!(sketch.counts.values().sum::<u64>(), total);
+        assert!(sketch.counts.len() <= capacity);
+        let bound = total / capacity as u64;
+        let heavy: Vec<_> = seen.iter().filter(|(_, n)| **n > bound).collect();
+        assert!(heavy.len() >= 5, "the stream has heavy keys: {}", heavy.len());
+        for (key, &n) in heavy {
+            let counted = sketch.counts.get(key).copied();
+            assert!(counted.is_some_and(|c| c >= n && c - n <= bound), "{n} seen, {counted:?} counted");
+        }
     }
 
     #[test]
