@@ -149,6 +149,6 @@ fi
 
 if [ "$limitador" = 1 ]; then
   echo "== store level: ratelimitd vs Limitador (benches/store-compare)"
-  target/release/store-compare --redis-url "$redis_url" --round "$duration" | tee "$out/store-compare.md"
+  target/release/store-compare --redis-url "$redis_url" --round "$duration" --redis-pid "$redis_pid" | tee "$out/store-compare.md"
 fi
 echo "results in $out"

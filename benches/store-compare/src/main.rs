@@ -51,6 +51,24 @@ struct Args {
     /// Redis connections of our store (ratelimitd's default: one per core).
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     connections: usize,
+    /// The systems each round runs, in order: ours (batched), ours-batch-1, limitador.
+    #[arg(long, value_delimiter = ',', default_value = "ours,ours-batch-1,limitador")]
+    systems: Vec<Which>,
+    /// The pid of the Redis server (as seen from here): each round then reports the CPU time
+    /// Redis and this process used per check, which is what the throughput ratio is made of
+    /// when the two fill the machine.
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    /// Run the throughput rounds only, not the two exactness scenarios after them.
+    #[arg(long)]
+    throughput_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    Ours,
+    OursBatch1,
+    Limitador,
 }
 
 type Check<'a> = Pin<Box<dyn Future<Output = Result<(bool, Option<u64>), String>> + Send + 'a>>;
@@ -215,6 +233,28 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// CPU time (user + system) process `pid` has used so far, from `/proc/<pid>/stat`, whose
+/// times are in USER_HZ ticks (100 per second on Linux).
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used so far by this process and by Redis (when its pid was given).
+fn cpu_now(redis_pid: Option<u32>) -> (Option<Duration>, Option<Duration>) {
+    (cpu_time("self"), redis_pid.and_then(|pid| cpu_time(&pid.to_string())))
+}
+
+/// µs of CPU per check between two readings, or "-".
+fn per_check(before: Option<Duration>, after: Option<Duration>, checks: u64) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) if checks > 0 => format!("{:.1}", (a - b).as_secs_f64() * 1e6 / checks as f64),
+        _ => "-".into(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -224,35 +264,42 @@ async fn main() {
         args.callers, args.keys, args.limit, args.window, args.rounds, args.round
     );
     println!(
-        "| round | system | checks/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | allowed | max in any window (limit {}) |",
+        "| round | system | checks/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | allowed | max in any window (limit {}) | CPU µs per check: this process / Redis |",
         args.limit
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for round in 0..args.rounds {
-        for which in 0..3 {
-            let tag = format!("cmp-{run}-r{round}-{which}");
+        for (i, &which) in args.systems.iter().enumerate() {
+            let tag = format!("cmp-{run}-r{round}-{i}");
             let system = match which {
-                0 => ours(&args, args.limit, args.window, &format!("{tag}:"), args.batch).await,
-                1 => ours(&args, args.limit, args.window, &format!("{tag}:"), 1).await,
-                _ => limitador(&args, args.limit, args.window, &tag).await,
+                Which::Ours => ours(&args, args.limit, args.window, &format!("{tag}:"), args.batch).await,
+                Which::OursBatch1 => ours(&args, args.limit, args.window, &format!("{tag}:"), 1).await,
+                Which::Limitador => limitador(&args, args.limit, args.window, &tag).await,
             };
             let name = system.name();
+            let (own, redis) = cpu_now(args.redis_pid);
             let o = drive(system, args.callers, args.keys, "key-", StopAt::Deadline(args.round)).await;
+            let (own_after, redis_after) = cpu_now(args.redis_pid);
             let (allowed, worst) = admitted(&o, args.limit, args.window);
             let l = &o.latency_us;
             println!(
-                "| {} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {allowed} | {worst} |",
+                "| {} | {name} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {allowed} | {worst} | {} / {} |",
                 round + 1,
                 o.calls as f64 / o.elapsed.as_secs_f64(),
                 ms(l.value_at_quantile(0.5)),
                 ms(l.value_at_quantile(0.99)),
                 ms(l.value_at_quantile(0.999)),
                 ms(l.max()),
-                o.errors
+                o.errors,
+                per_check(own, own_after, o.calls),
+                per_check(redis, redis_after, o.calls),
             );
         }
     }
 
+    if args.throughput_only {
+        return;
+    }
     println!(
         "\n# one key, 1000 checks, {} in flight, limit {} per {:?}: how many are admitted?",
         args.callers, args.limit, args.window
