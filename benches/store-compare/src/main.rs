@@ -67,6 +67,7 @@ struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Which {
     Ours,
+    #[value(name = "ours-batch-1")]
     OursBatch1,
     Limitador,
 }
