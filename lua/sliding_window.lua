@@ -28,8 +28,8 @@
 -- comes before any write. The caller assembles remaining, retry and reset from a
 -- decision's values (src/limiter/decision.rs), as the in-process store does. One flat array
 -- rather than one per check, and one argument per check rather than 3 + 2n: Redis makes a
--- Lua string of every argument and converts every table of the reply, and this layout costs
--- it about a quarter less per check (BENCHMARKS.md).
+-- Lua string of every argument and converts every table of the reply; in batches of 16 this
+-- layout cost Redis 31 % less per denial and 14 % less per allowed check (BENCHMARKS.md).
 -- Needs Redis 6.2 or newer (SET ... KEEPTTL).
 --
 -- Storage: one string per API key. A 40-byte header (little-endian): the ring's
