@@ -259,6 +259,12 @@ fn per_check(before: Option<Duration>, after: Option<Duration>, checks: u64) -> 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(pid) = args.redis_pid
+        && cpu_time(&pid.to_string()).is_none()
+    {
+        eprintln!("store-compare: --redis-pid {pid}: cannot read /proc/{pid}/stat (no such process here?)");
+        std::process::exit(2);
+    }
     let run = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     println!(
         "# store level: {} callers, {} keys uniform, limit {} per {:?}, {} rounds of {:?} each, alternating",
