@@ -455,22 +455,30 @@ pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u6
         Some(ms) => invocation.arg(ms),
         None => invocation.arg(""),
     };
+    // A batch's checks mostly repeat one argument (one policy, cost 1): it is written once
+    // for each run of them (the invocation copies it).
+    let mut arg = Vec::with_capacity(64);
+    let mut written = None;
     for &(key, limits, cost, mode) in checks {
-        invocation.key(key).arg(check_arg(limits, cost, mode));
+        if written != Some((limits, cost, mode)) {
+            write_check_arg(&mut arg, limits, cost, mode);
+            written = Some((limits, cost, mode));
+        }
+        invocation.key(key).arg(arg.as_slice());
     }
     invocation
 }
 
-/// A check's one script argument: `<cost> <mode> <L1> <W1> ...`, longest window first.
-pub fn check_arg(limits: &Limits, cost: u32, mode: Mode) -> Vec<u8> {
+/// Makes `arg` a check's one script argument: `<cost> <mode> <L1> <W1> ...`, longest
+/// window first.
+pub fn write_check_arg(arg: &mut Vec<u8>, limits: &Limits, cost: u32, mode: Mode) {
     use std::io::Write as _;
-    let mut arg = Vec::with_capacity(16 + 24 * limits.windows().len());
+    arg.clear();
     // Writing to a Vec cannot fail.
     let _ = write!(arg, "{cost} {}", mode_arg(mode));
     for window in limits.windows() {
         let _ = write!(arg, " {} {}", window.limit(), window.window_ms());
     }
-    arg
 }
 
 /// Splits a script call's flat reply into one per check: a decision's 3 + 2n values (n: the
@@ -587,7 +595,7 @@ mod tests {
 
     use redis::Value;
 
-    use super::{Check, check_arg, replies_of};
+    use super::{Check, replies_of, write_check_arg};
     use crate::limiter::{Limits, Mode, Window};
 
     fn two_windows() -> Limits {
@@ -598,9 +606,12 @@ mod tests {
 
     #[test]
     fn a_check_is_one_argument_longest_window_first() {
-        assert_eq!(check_arg(&two_windows(), 3, Mode::Peek), b"3 peek 300 60000 20 1000");
+        let mut arg = b"left over".to_vec();
+        write_check_arg(&mut arg, &two_windows(), 3, Mode::Peek);
+        assert_eq!(arg, b"3 peek 300 60000 20 1000");
         let one = Limits::single(5, Duration::from_millis(1500)).unwrap();
-        assert_eq!(check_arg(&one, 1, Mode::Consume), b"1 consume 5 1500");
+        write_check_arg(&mut arg, &one, 1, Mode::Consume);
+        assert_eq!(arg, b"1 consume 5 1500");
     }
 
     /// The flat reply splits by each check's window count; a string stands for a whole
