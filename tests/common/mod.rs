@@ -71,7 +71,10 @@ impl Redis {
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).expect("valid URL");
-        client.get_multiplexed_async_connection().await.expect("connect to the test Redis")
+        // 10 s for the test's own commands, not redis-rs's default 500 ms, which a loaded
+        // 2-core machine can exceed.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to the test Redis")
     }
 
     /// Stops and starts the container: Redis comes back empty (no persistence),
