@@ -11,6 +11,7 @@
 # Usage: scripts/bench.sh [--quick] [--no-limitador] [--baseline BIN] [results-dir]   (default target/bench-results)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 duration=20s requests=400000 limitador=1 out=target/bench-results baseline=
 while [ $# -gt 0 ]; do
@@ -48,13 +49,9 @@ cleanup() {
   docker rm -f "$container" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-# Reached at the container's own address: a published port goes through docker-proxy,
-# which copies every byte in user space and caps any client near 20k requests/s here.
-docker run -d --rm --name "$container" ratelimitd-test-redis:7 >/dev/null
-redis_host=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$container")
+start_bench_redis "$container"
 redis_url="redis://$redis_host:6379"
 rcli() { redis-cli -h "$redis_host" "$@"; }
-until rcli PING >/dev/null 2>&1; do sleep 0.1; done
 
 # A generous Redis deadline: the benchmark measures the Redis path, and on a saturated
 # 2-core machine queueing alone can pass the 10 ms default (a fallback would then answer).
@@ -82,9 +79,6 @@ except OSError as e:
 print(next((l.split()[-1] for l in text.splitlines() if l.startswith("ratelimitd_redis_batch_checks_sum")), ""))
 PY
 }
-# CPU time (user + system) of a process so far, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-redis_pid=$(docker inspect -f '{{.State.Pid}}' "$container")
 bench() { # name, ratelimitd-bench flags...
   local name=$1; shift
   echo "== $name: ratelimitd-bench $*"

@@ -12,6 +12,7 @@
 #   e.g. scripts/script-compare.sh <(git show a9b3b1c:lua/sliding_window.lua) split lua/sliding_window.lua joined
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 limit=300 requests=100000 rounds=3
 while [ $# -gt 0 ]; do
@@ -32,11 +33,8 @@ done
 scripts/build-redis-image.sh >/dev/null
 container=ratelimitd-script-compare-$$
 trap 'docker rm -f "$container" >/dev/null 2>&1 || true' EXIT
-docker run -d --rm --name "$container" ratelimitd-test-redis:7 >/dev/null
-host=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$container")
-pid=$(docker inspect -f '{{.State.Pid}}' "$container")
-rcli() { redis-cli -h "$host" "$@"; }
-until rcli PING >/dev/null 2>&1; do sleep 0.1; done
+start_bench_redis "$container"
+rcli() { redis-cli -h "$redis_host" "$@"; }
 shas=("$(rcli SCRIPT LOAD "${scripts[0]}")" "$(rcli SCRIPT LOAD "${scripts[1]}")")
 
 # One check's arguments in a format: cost, consume, one window of an hour.
@@ -50,7 +48,6 @@ if [ "$limit" = 300 ]; then
     rcli EVALSHA "${shas[0]}" 1 "$(printf 'rl:{%012d}' "$i")" "" "${fill[@]}" >/dev/null
   done
 fi
-ticks() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 
 echo "# Redis CPU per check, batches of 16, $requests calls per run, limit $limit"
 for round in $(seq "$rounds"); do
@@ -63,9 +60,9 @@ for round in $(seq "$rounds"); do
     # redis-benchmark does not read replies: check once that the script decides such a call.
     first=$(rcli EVALSHA "${shas[$v]}" 16 "${keys[@]//__rand_int__/check}" "" "${args[@]}" | head -n 1)
     case "$first" in 0 | 1) ;; *) echo "script-compare: script $((v + 1)) did not decide the call: $first" >&2; exit 1 ;; esac
-    before=$(ticks)
-    redis-benchmark -h "$host" -c 64 -n "$requests" -r 1000 -P 4 EVALSHA "${shas[$v]}" 16 "${keys[@]}" "" "${args[@]}" >/dev/null
-    after=$(ticks)
+    before=$(cpu_ticks "$redis_pid")
+    redis-benchmark -h "$redis_host" -c 64 -n "$requests" -r 1000 -P 4 EVALSHA "${shas[$v]}" 16 "${keys[@]}" "" "${args[@]}" >/dev/null
+    after=$(cpu_ticks "$redis_pid")
     # Ticks are 10 ms; 16 checks per call.
     python3 -c "import sys; print(f'round {sys.argv[1]}, script {sys.argv[2]}: {(int(sys.argv[4]) - int(sys.argv[3])) * 10000 / (int(sys.argv[5]) * 16):.2f} us per check')" \
       "$round" "$((v + 1))" "$before" "$after" "$requests"
