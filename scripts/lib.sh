@@ -18,12 +18,21 @@ pack_binary() {
 # until it answers, and sets redis_host (its own address) and redis_pid (its process on this
 # host, for cpu_ticks). Reached at its own address, not a published port: a published port
 # goes through docker-proxy, which copies every byte in user space and caps any client near
-# 20k requests/s here. The caller removes the container (docker rm -f NAME).
+# 20k requests/s here. Fails if Redis does not answer within 30 s. The caller removes the
+# container (docker rm -f NAME).
 start_bench_redis() {
+  local tries=0
   docker run -d --rm --name "$1" ratelimitd-test-redis:7 >/dev/null
   redis_host=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1")
   redis_pid=$(docker inspect -f '{{.State.Pid}}' "$1")
-  until redis-cli -h "$redis_host" PING >/dev/null 2>&1; do sleep 0.1; done
+  until redis-cli -h "$redis_host" PING >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    if [ "$tries" -ge 300 ]; then
+      echo "start_bench_redis: Redis in container $1 ($redis_host) did not answer PING within 30 s" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
 }
 
 # cpu_ticks PID: CPU time (user + system) of a process so far, in clock ticks.
