@@ -27,11 +27,7 @@ struct Node {
 async fn node() -> Node {
     let cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
     let (container, ip) = common::redis_server(&cluster).await;
-    let client = redis::Client::open(format!("redis://{ip}:6379")).expect("URL");
-    // The test's own commands get 10 s, not redis-rs's default 500 ms: six nodes forming a
-    // cluster on a loaded 2-core machine can take longer than that to answer CLUSTER INFO.
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-    let conn = client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to a node");
+    let conn = common::connect(&format!("redis://{ip}:6379")).await;
     Node { _container: container, ip, conn }
 }
 

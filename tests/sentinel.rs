@@ -62,11 +62,7 @@ async fn follows_a_sentinel_failover_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let recovered = recovered.expect("ratelimitd never reached the promoted master");
-    let mut replica = redis::Client::open(format!("redis://{replica_ip}:6379"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut replica = common::connect(&format!("redis://{replica_ip}:6379")).await;
     let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut replica).await.unwrap();
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut replica).await.unwrap();
     println!(

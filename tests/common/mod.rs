@@ -70,11 +70,7 @@ impl Redis {
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(self.url()).expect("valid URL");
-        // 10 s for the test's own commands, not redis-rs's default 500 ms, which a loaded
-        // 2-core machine can exceed.
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to the test Redis")
+        connect(&self.url()).await
     }
 
     /// Stops and starts the container: Redis comes back empty (no persistence),
@@ -100,6 +96,18 @@ impl Redis {
     pub async fn unpause(&self) {
         self.container.unpause().await.expect("unpause Redis");
     }
+}
+
+/// The test's own connection to a Redis it started. Its commands get 10 s, not redis-rs's
+/// default 500 ms: a loaded 2-core machine (six nodes forming a cluster, say) can take
+/// longer than that to answer.
+pub async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).expect("valid URL");
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
 }
 
 /// Where a test's servers keep their state: in process, or in a Redis of its own.
