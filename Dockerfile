@@ -6,11 +6,15 @@ FROM rust:1.88-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY benches/store-compare/Cargo.toml benches/store-compare/Cargo.toml
+COPY tools/ratelimitd-bench/Cargo.toml tools/ratelimitd-bench/Cargo.toml
 COPY proto proto
 COPY lua lua
 COPY src src
-RUN mkdir -p benches/store-compare/src && echo 'fn main() {}' > benches/store-compare/src/main.rs \
- && cargo build --release --locked --bin ratelimitd
+# The workspace's tool packages are stubbed: only the service is built.
+RUN mkdir -p benches/store-compare/src tools/ratelimitd-bench/src \
+ && echo 'fn main() {}' > benches/store-compare/src/main.rs \
+ && echo 'fn main() {}' > tools/ratelimitd-bench/src/main.rs && touch tools/ratelimitd-bench/src/lib.rs \
+ && cargo build --release --locked -p ratelimitd --bin ratelimitd
 
 # glibc, CA certificates (for rediss:// with the system roots), a nonroot user (65532), no shell.
 FROM gcr.io/distroless/cc-debian12:nonroot

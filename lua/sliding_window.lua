@@ -26,18 +26,18 @@
 -- two apart by the first value's type. A call with no keys, or not one argument per key,
 -- fails whole, before any check; so does any other Redis error (READONLY, OOM), which
 -- comes before any write. The caller assembles remaining, retry and reset from a
--- decision's values (src/limiter/decision.rs), as the in-process store does. One flat array
+-- decision's values (src/domain/decision.rs), as the in-process store does. One flat array
 -- rather than one per check, and one argument per check rather than 3 + 2n: Redis makes a
 -- Lua string of every argument and converts every table of the reply; in batches of 16 this
 -- layout cost Redis 31 % less per denial and 14 % less per allowed check (BENCHMARKS.md).
 -- Needs Redis 6.2 or newer (SET ... KEEPTTL).
 --
 -- Storage: one string per API key. A 40-byte header (little-endian): the ring's
--- capacity C (u32), its head (u32), the frontier hint (u32, see below), the format
+-- capacity C (u32), its head (u32), the frontier hint (u32), the format
 -- version (u32, 1), when the key expires (i64, Unix ms), its newest entry (i64, Unix ms) and
 -- the mark (i64): the cutoff the hint was found at (Unix ms), or, when the hint is the
 -- head (every slot inside the window), -2^52 minus the oldest slot's time, so that a full
--- ring's denial needs no slot read (below);
+-- ring's denial needs no slot read;
 -- then C >= L slots of 8-byte little-endian Unix-ms timestamps: the times of the
 -- last C allowed units, oldest at the head, in arrival order. A slot never used
 -- holds 0, older than any window. C is the largest limit the key has had while it
@@ -63,23 +63,8 @@
 --   used with (the header's expiry only moves later), so expiry forgets no unit that
 --   still counts.
 --
--- Work per call: each redis.call() from Lua costs more than a few bytes of copying,
--- and Redis hashes every byte of every Lua string, so the script reads 8-byte slots
--- and as few as it can. The frontier (the first slot inside the window) only moves
--- forward while the cutoff (now - W) does, so the header remembers where the longest
--- window's frontier was (as a slot position, which writes do not move) and the next call
--- gallops from there: a steady key needs one or two reads, a key idle for a while
--- O(log C). A cutoff below the remembered one (a longer window) searches from the
--- oldest slot. A full ring (the frontier at the head: a key at its limit) also remembers
--- its oldest slot's time, the one a denial's retry_after comes from, so a denial there
--- is one header read and no write. That memory is kept in the mark, not in a new field, so
--- the format stays 1 and a script that predates it reads such a header correctly during a
--- rolling deploy: it takes the mark for a cutoff below any real one and, the hint being the
--- head, searches from the oldest slot as it would anyway; every write rewrites the mark.
--- Windows are therefore below 2^52 ms (142,000 years), so no cutoff reads as a time.
--- Shorter windows hold the newest units, so their frontier is found by
--- galloping back from the newest slot. Writes are one SETRANGE of the c slots plus
--- the header; the TTL is pushed out in steps of W/8, not on every call.
+-- Why the script reads and writes as it does (the frontier hint, galloping searches, the
+-- mark of a full ring, the TTL pushed out in steps of W/8): docs/design.md#the-algorithm.
 
 local HEADER = 40
 local LAYOUT = '<I4I4I4I4i8i8i8'

@@ -1,43 +1,28 @@
 //! ratelimitd: an exact, shared sliding-window rate limiter for API keys.
 //!
-//! A tour, from the outside in:
-//! - [`cli`] and [`config`]: the command line and the validated [`config::Config`];
-//! - [`limits`] and [`reload`]: the limits file (policies, overrides by fingerprint)
-//!   and its hot reload;
-//! - [`app`]: wires a store, the limiter and the gRPC server; `run` takes a bound
-//!   listener and a shutdown future, so tests serve on port 0 and stop on demand;
-//! - [`grpc`]: the generated code, the `ratelimit.v1.RateLimiter` service, Envoy's
-//!   `RateLimitService`, the rate-limit response headers, and the
-//!   mapping of domain results to protobuf messages and gRPC statuses;
-//! - [`limiter`]: the domain, with no gRPC or Redis types: policies, validation,
-//!   fingerprints (the raw key never leaves this layer) and the ring algorithm;
-//! - [`store`]: the `Store` trait, with the Redis store (atomic Lua script calls,
-//!   `lua/sliding_window.lua`, each deciding a batch of checks one by one) and the
-//!   in-process store;
-//! - [`metrics`]: Prometheus names, the `/metrics` endpoint, the throttled-keys report;
-//! - [`workers`]: the gRPC worker threads, one event loop each, and the acceptor
-//!   that spreads connections over them;
-//! - [`bench`]: the load generator behind the `ratelimitd-bench` binary.
+//! The crate is built in floors; each imports only the floors below it (`tests/layers.rs`
+//! checks this), so a check runs downhill from the gRPC call to the store:
+//! 1. [`domain`]: policies, decisions, the ring, fingerprints, validation, the
+//!    exactness oracle. Plain data, no gRPC or Redis types.
+//! 2. [`metrics`]: metric names and the recording helpers, the throttled-keys sketch.
+//! 3. [`store`]: the [`store::Store`] trait, the in-process store, and the Redis store
+//!    (one atomic call of `lua/sliding_window.lua` decides a batch of checks).
+//! 4. [`limiter`]: the service: validation, policy lookup, the deny cache, the circuit
+//!    breaker, failure modes, all-or-nothing decisions over several keys, housekeeping.
+//! 5. Adapters: [`grpc`] (our API, Envoy's, health, reflection) and [`config`] (the
+//!    command line, the limits file and its reload).
+//! 6. [`server`]: worker threads, the gRPC router, the `/metrics` endpoint, draining.
+//! 7. [`app`]: wiring; `run` takes bound listeners and a shutdown future, so tests
+//!    serve on port 0 and stop on demand.
+//!
+//! The algorithm and the guarantees are described once, in `docs/design.md`.
 
 pub mod app;
-pub mod bench;
-pub mod cli;
 pub mod config;
+pub mod domain;
 pub mod grpc;
 pub mod limiter;
-pub mod limits;
 pub mod metrics;
-pub mod reload;
-pub mod shutdown;
+pub mod server;
 pub mod store;
-pub mod telemetry;
-pub mod workers;
-
-use std::sync::{Mutex, MutexGuard};
-
-/// Locks a std mutex. A poisoned one still holds consistent data (nothing here
-/// panics while changing guarded state), so it is used rather than failing every
-/// later call.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+mod sync;

@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ratelimitd::app::Listeners;
-use ratelimitd::cli::{Cli, Command};
+use ratelimitd::app::{self, Listeners};
+use ratelimitd::config::cli::{Cli, Command};
 use ratelimitd::config::{self, Config};
-use ratelimitd::{app, shutdown, telemetry};
+use ratelimitd::server::{signal, telemetry};
 
 /// mimalloc: the service allocates per request (HTTP/2 frames, protobuf messages), and
 /// glibc's allocator showed up at about 10 % of its CPU in a profile under load.
@@ -14,7 +14,7 @@ use ratelimitd::{app, shutdown, telemetry};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The main thread runs the metrics endpoint, probes and reloads; gRPC is served by
-/// worker threads of their own (see `app::serve`).
+/// worker threads of their own (see `server::serve`).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,7 +36,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match app::run(listeners, config, shutdown::signal()).await {
+    match app::run(listeners, config, signal::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "ratelimitd stopped");

@@ -1,4 +1,4 @@
-//! Every bad input in the README's table, sent as raw bytes on the wire: what it gets,
+//! Every bad input in the table of docs/api.md, sent as raw bytes on the wire: what it gets,
 //! and that it changes nothing and leaves the service serving others.
 
 mod common;

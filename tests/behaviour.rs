@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, check, peek, try_check};
+use ratelimitd::domain::{Limits, Policy, Window};
 use ratelimitd::grpc::pb::CheckAndConsumeResponse;
-use ratelimitd::limiter::{Limits, Policy, Window};
 use tonic::Code;
 
 /// Runs each scenario once on the in-process store and once on a Redis of its own.

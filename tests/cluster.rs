@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestServer, check, try_check};
-use ratelimitd::bench::exactness::Record;
+use ratelimitd::domain::oracle::Record;
 use ratelimitd::grpc::pb::Fallback;
 use redis::aio::MultiplexedConnection;
 use testcontainers::{ContainerAsync, GenericImage};

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_li
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
-use ratelimitd::limiter::{Limits, Policy, Window};
+use ratelimitd::domain::{Limits, Policy, Window};
 use tonic::transport::Channel;
 
 type Envoy = RateLimitServiceClient<Channel>;

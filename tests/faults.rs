@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::process::Process;
 use common::{Backend, Client, Redis, TestServer, check, try_check};
-use ratelimitd::bench::exactness::Record;
+use ratelimitd::domain::oracle::Record;
 use ratelimitd::grpc::pb::Fallback;
 
 const SECRET: &str = "faults-test-secret";

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use clap::CommandFactory;
-use ratelimitd::cli::Cli;
+use ratelimitd::config::cli::Cli;
 use serde_json::{Value, json};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/ratelimitd");

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Client, redis_image, try_check};
-use ratelimitd::bench::exactness::Record;
+use ratelimitd::domain::oracle::Record;
 use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;

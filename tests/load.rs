@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, TestServer};
-use ratelimitd::bench::keys::KeyDistribution;
-use ratelimitd::bench::{LoadOptions, Stop};
+use ratelimitd_bench::keys::KeyDistribution;
+use ratelimitd_bench::{LoadOptions, Stop};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_replicas_under_load_make_no_errors_and_stay_exact() {
@@ -34,7 +34,7 @@ async fn three_replicas_under_load_make_no_errors_and_stay_exact() {
         window_ms: 2_000,
         progress: false,
     };
-    let report = ratelimitd::bench::run(&options).await.expect("the load generator runs");
+    let report = ratelimitd_bench::run(&options).await.expect("the load generator runs");
     print!("{report}");
     assert_eq!(report.errors, 0, "first error: {:?}", report.first_error);
     assert!(report.calls > 1_000, "too little load to mean anything: {}", report.calls);

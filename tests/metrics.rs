@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{Process, http_get};
 use common::{Redis, check, free_port, try_check};
-use ratelimitd::limiter::Fingerprinter;
+use ratelimitd::domain::Fingerprinter;
 
 const SECRET: &str = "metrics-test-secret";
 

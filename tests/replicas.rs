@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestServer, try_check};
-use ratelimitd::bench::exactness::{Record, verdict};
+use ratelimitd::domain::oracle::{Record, audit};
 
 const LIMIT: u32 = 50;
 const WINDOW_MS: u64 = 2_000;
@@ -53,9 +53,9 @@ async fn three_replicas_enforce_one_exact_limit_per_key() {
 fn the_checker_finds_over_admission_and_wrong_denials() {
     let rec = |allowed, at_ms| Record { allowed, cost: 1, at_ms };
     // limit 2 per 100 ms: three allowed within 100 ms is one too many.
-    assert_eq!(verdict(&[rec(true, 0), rec(true, 50), rec(true, 99)], 2, 100).max_in_window, 3);
-    assert_eq!(verdict(&[rec(true, 0), rec(true, 50), rec(true, 100)], 2, 100).max_in_window, 2);
+    assert_eq!(audit(&[rec(true, 0), rec(true, 50), rec(true, 99)], 2, 100).max_in_window, 3);
+    assert_eq!(audit(&[rec(true, 0), rec(true, 50), rec(true, 100)], 2, 100).max_in_window, 2);
     // A denial at 100 with only the unit at 50 in (0, 100] was wrong; at 99 it was right.
-    assert_eq!(verdict(&[rec(true, 0), rec(true, 50), rec(false, 100)], 2, 100).wrongly_denied, 1);
-    assert_eq!(verdict(&[rec(true, 0), rec(true, 50), rec(false, 99)], 2, 100).wrongly_denied, 0);
+    assert_eq!(audit(&[rec(true, 0), rec(true, 50), rec(false, 100)], 2, 100).wrongly_denied, 1);
+    assert_eq!(audit(&[rec(true, 0), rec(true, 50), rec(false, 99)], 2, 100).wrongly_denied, 0);
 }

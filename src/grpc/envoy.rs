@@ -25,7 +25,9 @@ use tonic::{Request, Response, Status};
 pub use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 
 use super::{headers, to_status};
-use crate::limiter::{CheckError, Checked, Limiter, Mode, Policies, Policy, Verdict, Window};
+use crate::domain::{InvalidRequest, Mode, Policies, Policy, Window};
+use crate::limiter::multi::KeyChecks;
+use crate::limiter::{CheckError, Checked, Limiter, Verdict};
 use crate::store::Store;
 
 /// The most descriptors one request may carry: each is a store call.
@@ -59,17 +61,17 @@ impl<S: Store> RateLimitService for EnvoyRateLimitService<S> {
         // Every descriptor is checked, against one snapshot of the policies, before any
         // is counted: bad input changes nothing.
         let policies = self.limiter.policies().current();
-        let mut plan = Plan::default();
+        let (mut keys, mut targets) = (KeyChecks::default(), Vec::with_capacity(request.descriptors.len()));
         for (i, descriptor) in request.descriptors.iter().enumerate() {
             let target = match self.validate(&policies, i, descriptor, request.hits_addend)? {
                 Asked::Unlimited => Target::Unlimited,
                 Asked::NeverFits(policy) => Target::NeverFits(policy),
-                Asked::Check(check, mode) => plan.add(check, mode),
+                Asked::Check(check, mode) => Target::Key(keys.add(check, mode)),
             };
-            plan.targets.push(target);
+            targets.push(target);
         }
-        let verdicts = plan.decide(&self.limiter).await.map_err(to_status)?;
-        Ok(Response::new(respond(&plan.targets, &verdicts)))
+        let verdicts = self.limiter.decide_all(&keys).await.map_err(to_status)?;
+        Ok(Response::new(respond(&targets, &verdicts)))
     }
 }
 
@@ -87,52 +89,8 @@ enum Asked {
 enum Target {
     Unlimited,
     NeverFits(Arc<Policy>),
-    /// The answer of the plan's i-th key check.
+    /// The answer of the request's i-th distinct key.
     Key(usize),
-}
-
-/// The distinct keys of one request, each checked once: one request counts once per
-/// key, whatever number of descriptors name it (a larger cost wins; a check-only
-/// descriptor, `hits_addend` 0, counts only if another descriptor of its key does).
-#[derive(Default)]
-struct Plan {
-    checks: Vec<(Checked, Mode)>,
-    targets: Vec<Target>,
-}
-
-impl Plan {
-    fn add(&mut self, check: Checked, mode: Mode) -> Target {
-        if let Some(i) = self.checks.iter().position(|(c, _)| c.key() == check.key()) {
-            let (existing, existing_mode) = &mut self.checks[i];
-            existing.merge(&check);
-            if mode == Mode::Consume {
-                *existing_mode = Mode::Consume;
-            }
-            return Target::Key(i);
-        }
-        self.checks.push((check, mode));
-        Target::Key(self.checks.len() - 1)
-    }
-
-    /// Decides every key. With several keys, all are first peeked: if any would be
-    /// denied, nothing is counted (Envoy rejects the whole request). Two requests racing
-    /// between the peek and the count can still leave one counted in some keys only.
-    async fn decide<S: Store>(&self, limiter: &Limiter<S>) -> Result<Vec<Verdict>, CheckError> {
-        let mut verdicts = Vec::with_capacity(self.checks.len());
-        if self.checks.len() > 1 {
-            for (check, _) in &self.checks {
-                verdicts.push(limiter.decide(check.clone(), Mode::Peek).await?);
-            }
-            if verdicts.iter().any(|v| !v.decision.allowed) {
-                return Ok(verdicts);
-            }
-            verdicts.clear();
-        }
-        for (check, mode) in &self.checks {
-            verdicts.push(limiter.decide(check.clone(), *mode).await?);
-        }
-        Ok(verdicts)
-    }
 }
 
 impl<S: Store> EnvoyRateLimitService<S> {
@@ -163,15 +121,16 @@ impl<S: Store> EnvoyRateLimitService<S> {
         };
         match self.limiter.validate_in(policies, &entry.value, cost) {
             Ok(check) => Ok(Asked::Check(check, mode)),
-            Err(CheckError::InvalidArgument { field: "cost", .. }) => {
+            Err(CheckError::Invalid(InvalidRequest::CostNeverFits { .. })) => {
                 // Behind Envoy a rejected call would let the request through
                 // (failure_mode_deny is off by default): a cost that can never fit is over.
                 let check = self.limiter.validate_in(policies, &entry.value, 1).map_err(to_status)?;
                 Ok(Asked::NeverFits(check.policy().clone()))
             }
-            Err(CheckError::InvalidArgument { reason, .. }) => Err(Status::invalid_argument(format!(
-                "descriptors[{i}]: the value of entry \"{}\" {reason}",
-                self.key_entry
+            Err(CheckError::Invalid(invalid)) => Err(Status::invalid_argument(format!(
+                "descriptors[{i}]: the value of entry \"{}\" {}",
+                self.key_entry,
+                invalid.reason()
             ))),
             Err(other) => Err(to_status(other)),
         }

@@ -2,7 +2,8 @@
 //! `RateLimit-Policy` and `RateLimit` as in the IETF draft
 //! (draft-ietf-httpapi-ratelimit-headers, structured fields), and `Retry-After`.
 
-use crate::limiter::{FailureMode, Policy, Verdict, Window};
+use crate::domain::{FailureMode, Policy, Window};
+use crate::limiter::Verdict;
 
 pub const RATELIMIT_POLICY: &str = "RateLimit-Policy";
 pub const RATELIMIT: &str = "RateLimit";
@@ -78,7 +79,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::limiter::{Decision, Limits, WindowCheck};
+    use crate::domain::{Decision, Limits, WindowCheck};
 
     fn verdict(policy: Policy, checks: &[WindowCheck], cost: u32) -> Verdict {
         let decision = Decision::assemble(&policy.limits, cost, 100_000, 99_500, checks);

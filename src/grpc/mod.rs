@@ -1,5 +1,6 @@
-//! The gRPC face: the generated code, the `RateLimiter` service, and the one place
-//! where domain decisions and errors become protobuf messages and statuses.
+//! Floor 5, the gRPC adapter: the generated code, the `RateLimiter` service, Envoy's
+//! `RateLimitService`, health and reflection, and the one place where domain
+//! decisions and errors become protobuf messages and statuses.
 
 pub mod codec;
 pub mod envoy;
@@ -21,7 +22,8 @@ pub mod pb {
 
 use tonic::Status;
 
-use crate::limiter::{CheckError, FailureMode, Verdict};
+use crate::domain::FailureMode;
+use crate::limiter::{CheckError, Verdict};
 
 impl From<Verdict> for pb::CheckAndConsumeResponse {
     fn from(verdict: Verdict) -> Self {
@@ -54,7 +56,7 @@ impl From<Verdict> for pb::CheckAndConsumeResponse {
 /// slow may recover (UNAVAILABLE, worth a retry with backoff); anything else is ours.
 pub fn to_status(error: CheckError) -> Status {
     match &error {
-        CheckError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+        CheckError::Invalid(_) => Status::invalid_argument(error.to_string()),
         CheckError::Store(e) if e.is_transient() => Status::unavailable(error.to_string()),
         CheckError::Store(_) => Status::internal(error.to_string()),
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::lock;
+use crate::sync::lock;
 
 /// Transient failures in a row that open the breaker.
 pub const FAILURES_TO_OPEN: u32 = 3;

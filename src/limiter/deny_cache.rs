@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{Decision, Fingerprint, Limits};
-use crate::lock;
+use crate::domain::{Decision, Fingerprint, Limits};
+use crate::sync::lock;
 
 const SHARDS: usize = 64;
 /// Bounds the cache's memory (about 100 bytes an entry); past it, denials are not cached.
@@ -114,7 +114,7 @@ mod tests {
 
     use super::*;
 
-    use crate::limiter::WindowCheck;
+    use crate::domain::WindowCheck;
 
     fn denial(decided_at_ms: u64, retry_after_ms: u64) -> Decision {
         let limits = Limits::single(2, Duration::from_secs(1)).unwrap();

@@ -1,32 +1,27 @@
-//! The domain: policies, decisions, input validation and the exactness rule.
-//! Nothing here knows about gRPC or Redis; stores implement [`crate::store::Store`].
+//! Floor 4, the service: validates requests, picks each key's policy, and asks the
+//! store to decide, with the deny cache in front of the store, the circuit breaker
+//! around it, the failure modes behind it, all-or-nothing decisions over several keys
+//! ([`multi`]), and its own housekeeping ([`housekeeping`]).
 
 mod breaker;
-mod decision;
 mod deny_cache;
-mod fingerprint;
-mod policy;
-mod ring;
+mod failure;
+pub mod housekeeping;
+pub mod multi;
 
 use breaker::{Breaker, BreakerState};
-pub use decision::{Decision, Mode, WindowCheck};
 pub use deny_cache::DenyCache;
-pub use fingerprint::{Fingerprint, Fingerprinter};
-pub use policy::{
-    DEFAULT_POLICY, FailureMode, Limits, MAX_LIMIT, MAX_WINDOW, MAX_WINDOWS, Override, Policies, Policy, PolicyError,
-    Resolved, SharedPolicies, Window,
-};
-pub use ring::Ring;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::domain::{
+    Decision, FailureMode, Fingerprint, Fingerprinter, InvalidRequest, Limits, Mode, Policies, Policy, Resolved,
+    SharedPolicies, validate_cost, validate_key,
+};
 use crate::metrics::{self, CheckResult, InFlight, Throttled};
 use crate::store::{MemoryStore, Store, StoreError};
-
-/// The longest `key_id` accepted, in bytes.
-pub const MAX_KEY_ID_BYTES: usize = 256;
 
 /// A decision with what it was made under.
 #[derive(Debug, Clone)]
@@ -45,19 +40,14 @@ pub struct Verdict {
 /// Why a check produced no decision. Messages name the field and value, never the key.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("{field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-impl CheckError {
-    pub fn invalid(field: &'static str, reason: String) -> Self {
-        Self::InvalidArgument { field, reason }
-    }
-}
-
-/// A request that passed validation: its key's fingerprint, policy and cost.
+/// A request that passed validation (the only meaning of "checked" here): its key's
+/// fingerprint, policy and cost.
 #[derive(Debug, Clone)]
 pub struct Checked {
     key: Fingerprint,
@@ -124,20 +114,11 @@ impl<S: Store> Limiter<S> {
         self
     }
 
-    /// The in-process store of the `local` failure mode (for eviction).
-    pub fn local_store(&self) -> &MemoryStore {
-        &self.local
-    }
-
     /// Answers a key's cost-1 requests locally while a denial from the store proves
     /// them denied (see [`DenyCache`]): worth it when the store is remote.
     pub fn with_deny_cache(mut self) -> Self {
         self.deny_cache = Some(DenyCache::default());
         self
-    }
-
-    pub fn deny_cache(&self) -> Option<&DenyCache> {
-        self.deny_cache.as_ref()
     }
 
     pub fn store(&self) -> &S {
@@ -225,50 +206,6 @@ impl<S: Store> Limiter<S> {
         Ok(Verdict { decision, policy: resolved.policy, alias: resolved.alias, shadow_denied, fallback })
     }
 
-    /// The answer of the policy's failure mode when the store failed. Not remembered
-    /// by the deny cache: only the store's answers prove anything for other replicas.
-    async fn fall_back(
-        &self,
-        key: &Fingerprint,
-        limits: &Limits,
-        cost: u32,
-        mode: Mode,
-        failure: FailureMode,
-    ) -> Decision {
-        let now = local_now_ms();
-        let window = limits.windows()[0];
-        let mut refusal = Decision {
-            allowed: false,
-            limit: window.limit(),
-            remaining: 0,
-            // The breaker's next trial is the earliest the store may answer again.
-            retry_after_ms: (self.breaker.next_trial_in().as_millis() as u64).max(FALLBACK_RETRY_MS),
-            reset_after_ms: 0,
-            decided_at_ms: now,
-            window: 0,
-            window_reset_ms: 0,
-        };
-        match failure {
-            FailureMode::Open => {
-                refusal.allowed = true;
-                refusal.remaining = window.limit();
-                refusal.retry_after_ms = 0;
-                refusal
-            }
-            FailureMode::Closed => refusal,
-            FailureMode::Local => {
-                // A limit below the replica count leaves no share: nothing can be admitted.
-                let Some(divided) = limits.divided(self.expected_replicas) else { return refusal };
-                if cost > divided.max_cost() {
-                    refusal.limit = divided.max_cost();
-                    return refusal;
-                }
-                // The in-process store cannot fail.
-                self.local.check(key, &divided, cost, mode).await.unwrap_or(refusal)
-            }
-        }
-    }
-
     /// Whether the store answered last time (a call or a health probe).
     pub fn store_is_up(&self) -> bool {
         self.store_up.load(Ordering::Relaxed)
@@ -331,24 +268,10 @@ impl<S: Store> Limiter<S> {
         Ok(result?)
     }
 
-    fn key(&self, key_id: &str) -> Result<Fingerprint, CheckError> {
-        if key_id.is_empty() {
-            return Err(CheckError::invalid("key_id", "must not be empty".into()));
-        }
-        if key_id.len() > MAX_KEY_ID_BYTES {
-            let reason = format!("is {} bytes long; at most {MAX_KEY_ID_BYTES} are allowed", key_id.len());
-            return Err(CheckError::invalid("key_id", reason));
-        }
+    fn key(&self, key_id: &str) -> Result<Fingerprint, InvalidRequest> {
+        validate_key(key_id)?;
         Ok(self.fingerprinter.fingerprint(key_id))
     }
-}
-
-/// The smallest `retry_after_ms` a failure mode's denial gives: the store may be
-/// back by then, and clients should back off rather than spin.
-const FALLBACK_RETRY_MS: u64 = 1_000;
-
-fn local_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Records the key's fingerprint in the current span and checks the cost against its policy.
@@ -358,20 +281,8 @@ fn checked(key: Fingerprint, resolved: Resolved, cost: u32) -> Result<Checked, C
     Ok(Checked { key, resolved, cost })
 }
 
-fn count_invalid(error: &CheckError) {
-    if let CheckError::InvalidArgument { field, .. } = error {
-        metrics::invalid_request(field);
-    }
-}
-
-fn validate_cost(cost: u32, limits: &Limits) -> Result<u32, CheckError> {
-    let cost = cost.max(1);
-    if cost > limits.max_cost() {
-        let reason =
-            format!("{cost} is greater than the key's limit of {}, so it can never be allowed", limits.max_cost());
-        return Err(CheckError::invalid("cost", reason));
-    }
-    Ok(cost)
+fn count_invalid(error: &InvalidRequest) {
+    metrics::invalid_request(error.field());
 }
 
 #[cfg(test)]
@@ -379,6 +290,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::domain::{MAX_KEY_ID_BYTES, WindowCheck};
     use crate::store::MemoryStore;
 
     fn limiter(limit: u32) -> Limiter<MemoryStore> {
@@ -398,7 +310,7 @@ mod tests {
 
     fn field_of(result: Result<Verdict, CheckError>) -> &'static str {
         match result {
-            Err(CheckError::InvalidArgument { field, .. }) => field,
+            Err(CheckError::Invalid(invalid)) => invalid.field(),
             other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
         }
     }

@@ -1,25 +1,21 @@
-//! Prometheus metrics: names and help texts, the recorder, the `/metrics` endpoint,
-//! and the recording helpers the limiter and stores call. No metric is labelled
-//! with a raw key; per-key series exist only for the top K throttled keys.
+//! Floor 2, Prometheus metrics: names and help texts, the recorder, and the recording
+//! helpers the stores and the limiter call (the `/metrics` endpoint is the server's).
+//! No metric is labelled with a raw key; per-key series exist only for the top K
+//! throttled keys.
 
 mod sketch;
 mod throttled;
 
-use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::metrics::{Counter, Gauge, Histogram};
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use axum::Router;
-use axum::http::header::CONTENT_TYPE;
-use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 
 pub use throttled::{ThrottleOptions, Throttled};
 
-use crate::limiter::SharedPolicies;
+use crate::domain::FailureMode;
 
 pub const DECISIONS: &str = "ratelimitd_decisions_total";
 pub const REQUESTED_UNITS: &str = "ratelimitd_requested_units_total";
@@ -40,7 +36,7 @@ pub const THROTTLED_KEY_DENIALS: &str = "ratelimitd_throttled_key_denials";
 pub const THROTTLED_KEYS: &str = "ratelimitd_throttled_keys";
 pub const KEYS_NEAR_LIMIT: &str = "ratelimitd_keys_near_limit";
 
-/// Every metric ratelimitd exports (README and the dashboard are checked against it).
+/// Every metric ratelimitd exports (docs/operations.md and the dashboard are checked against it).
 pub const ALL: &[&str] = &[
     DECISIONS,
     REQUESTED_UNITS,
@@ -136,38 +132,6 @@ fn describe() {
     );
 }
 
-/// What `/metrics` shows: the facade's metrics and the throttled-keys report.
-#[derive(Clone)]
-pub struct Exposition {
-    pub handle: PrometheusHandle,
-    pub throttled: Arc<Throttled>,
-    /// For the aliases of throttled keys.
-    pub policies: SharedPolicies,
-}
-
-impl Exposition {
-    pub fn render(&self) -> String {
-        let mut text = self.handle.render();
-        let policies = self.policies.current();
-        self.throttled.render(&mut text, |key| policies.overrides.get(key).and_then(|o| o.alias.clone()));
-        text
-    }
-}
-
-/// Serves `GET /metrics` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    exposition: Exposition,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let route = get(move || {
-        let text = exposition.render();
-        async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text) }
-    });
-    let app = Router::new().route("/metrics", route);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}
-
 /// Counts a configuration load; the first is the one at start-up.
 pub fn config_loaded(ok: bool) {
     counter!(CONFIG_LOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
@@ -186,7 +150,8 @@ pub fn deny_cache_hit() {
     hot().deny_cache_hits.increment(1);
 }
 
-pub fn fallback(mode: crate::limiter::FailureMode, consume: bool) {
+/// A check the policy's failure mode answered because the store failed.
+pub fn fallback(mode: FailureMode, consume: bool) {
     let call = if consume { "check" } else { "peek" };
     counter!(FALLBACKS, "mode" => mode.as_str(), "call" => call).increment(1);
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::limiter::Fingerprint;
+use crate::domain::Fingerprint;
 
 /// Space-saving (Metwally et al.): at most `capacity` counters. A key seen more
 /// than total/capacity times is always kept, and each count is over by at most
@@ -127,7 +127,7 @@ impl HyperLogLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::Fingerprinter;
+    use crate::domain::Fingerprinter;
 
     fn keys(n: usize) -> Vec<Fingerprint> {
         let fingerprinter = Fingerprinter::new(b"sketch-test");

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::sketch::{HyperLogLog, SpaceSaving};
-use crate::limiter::{Decision, Fingerprint};
+use crate::domain::{Decision, Fingerprint};
+use crate::sync::lock;
 
 /// Keys logged individually per interval; further throttled keys are summed up in
 /// one line at the end of the interval, so a flood of keys cannot flood the logs.
@@ -71,7 +72,7 @@ impl Throttled {
             return;
         }
         let first_denial = {
-            let mut intervals = crate::lock(&self.intervals);
+            let mut intervals = lock(&self.intervals);
             let current = &mut intervals.1;
             current.near_limit.add(key);
             if decision.allowed {
@@ -96,7 +97,7 @@ impl Throttled {
     /// Starts a new interval; the one that ends stays in the report as the previous.
     pub fn rotate(&self) {
         let ended = {
-            let mut intervals = crate::lock(&self.intervals);
+            let mut intervals = lock(&self.intervals);
             let (previous, current) = &mut *intervals;
             *previous = std::mem::replace(current, Interval::new(self.options.top_k));
             previous.unlogged
@@ -110,7 +111,7 @@ impl Throttled {
     /// have a readable name in the limits file (an `alias` label).
     pub fn render(&self, out: &mut String, alias: impl Fn(&Fingerprint) -> Option<Arc<str>>) {
         let (denials, throttled, near_limit) = {
-            let intervals = crate::lock(&self.intervals);
+            let intervals = lock(&self.intervals);
             let (previous, current) = &*intervals;
             (
                 previous.denials.merged(&current.denials).top(self.options.top_k),

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Store, StoreError};
-use crate::limiter::{Decision, Fingerprint, Limits, Mode, Ring};
-use crate::lock;
+use crate::domain::{Decision, Fingerprint, Limits, Mode, Ring};
+use crate::sync::lock;
 
 /// Shards keep one hot key from serialising every other key behind its lock.
 const SHARDS: usize = 64;
@@ -37,20 +37,6 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
-    }
-
-    /// Drops every key whose history has left its window, so memory stays bounded
-    /// by the keys active within one window. Returns how many were dropped.
-    pub fn evict_idle(&self) -> usize {
-        let now = now_ms();
-        let mut evicted = 0;
-        for shard in self.shards.iter() {
-            let mut map = lock(shard);
-            let before = map.len();
-            map.retain(|_, entry| entry.expires_at > now);
-            evicted += before - map.len();
-        }
-        evicted
     }
 
     /// How many keys are held.
@@ -94,6 +80,20 @@ impl Store for MemoryStore {
         // As the script's expiry: the newest unit plus the longest window seen.
         entry.expires_at = entry.expires_at.max(entry.ring.newest() + limits.longest_ms());
         Ok(decision)
+    }
+
+    /// Drops every key whose history has left its window, so memory stays bounded
+    /// by the keys active within one window. Returns how many were dropped.
+    fn evict_idle(&self) -> usize {
+        let now = now_ms();
+        let mut evicted = 0;
+        for shard in self.shards.iter() {
+            let mut map = lock(shard);
+            let before = map.len();
+            map.retain(|_, entry| entry.expires_at > now);
+            evicted += before - map.len();
+        }
+        evicted
     }
 }
 

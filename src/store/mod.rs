@@ -1,15 +1,15 @@
-//! Where decisions are made and history is kept: one narrow trait, one file per backend.
-//! Both backends run the same algorithm (`lua/sliding_window.lua`, [`crate::limiter::Ring`])
-//! and are held to the same behaviour suite.
+//! Floor 3, where decisions are made and history is kept: one narrow trait, one
+//! module per backend. Both backends run the same algorithm (`docs/design.md#the-algorithm`:
+//! `lua/sliding_window.lua` in Redis, [`crate::domain::Ring`] in process) and are held
+//! to the same behaviour suite.
 
 pub mod memory;
 pub mod redis;
-mod redis_connect;
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::limiter::{Decision, Fingerprint, Limits, Mode};
+use crate::domain::{Decision, Fingerprint, Limits, Mode};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -27,6 +27,17 @@ pub trait Store: Send + Sync + 'static {
         cost: u32,
         mode: Mode,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+
+    /// Checks that the store answers, for its health while no checks arrive.
+    fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Drops the history that no window counts any more, where the store does not do
+    /// it by itself (Redis keys expire). Returns how many keys were dropped.
+    fn evict_idle(&self) -> usize {
+        0
+    }
 }
 
 /// A store failure. Transient ones (the store is unreachable or slow) may succeed

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use ratelimitd::app::{self, AppError};
-use ratelimitd::bench::exactness::Record;
-use ratelimitd::cli::Cli;
 use ratelimitd::config::Config;
+use ratelimitd::config::cli::Cli;
+use ratelimitd::domain::oracle::Record;
+use ratelimitd::domain::{Fingerprint, Limits, Override, Policy, SharedPolicies};
 use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
 use ratelimitd::grpc::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse, PeekRequest};
-use ratelimitd::limiter::{Fingerprint, Limits, Override, Policy, SharedPolicies};
 use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
@@ -298,7 +298,7 @@ pub fn assert_exact<K: std::fmt::Display>(
 ) {
     assert!(!by_key.is_empty(), "{label}: no decisions recorded");
     for (key, records) in by_key {
-        let v = ratelimitd::bench::exactness::verdict(records, limit, window_ms);
+        let v = ratelimitd::domain::oracle::audit(records, limit, window_ms);
         println!(
             "{label}, key-{key}: {} calls, {} allowed, max {} units in any {window_ms} ms (limit {limit}), {} wrongly denied",
             v.calls, v.allowed, v.max_in_window, v.wrongly_denied

@@ -21,8 +21,9 @@ use limitador::limit::{Context, Limit};
 use limitador::storage::redis::AsyncRedisStorage;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use ratelimitd::bench::exactness::{Record, verdict};
-use ratelimitd::limiter::{Fingerprinter, Limiter, Policies, Policy, SharedPolicies};
+use ratelimitd::domain::Limiter;
+use ratelimitd::domain::oracle::{Record, audit};
+use ratelimitd::domain::{Fingerprinter, Policies, Policy, SharedPolicies};
 use ratelimitd::metrics::{ThrottleOptions, Throttled};
 use ratelimitd::store::redis::{RedisEndpoint, RedisOptions, RedisStore};
 
@@ -226,7 +227,7 @@ fn now_ms() -> u64 {
 /// (allowed, the most allowed for one key in any window)
 fn admitted(outcome: &Outcome, limit: u32, window: Duration) -> (usize, u64) {
     let window_ms = window.as_millis() as u64;
-    let verdicts = outcome.by_key.values().map(|records| verdict(records, limit, window_ms));
+    let verdicts = outcome.by_key.values().map(|records| audit(records, limit, window_ms));
     verdicts.fold((0, 0), |(allowed, worst), v| (allowed + v.allowed, worst.max(v.max_in_window)))
 }
 

@@ -1,6 +1,6 @@
-//! The sliding-window log as a ring of the last C allowed units' timestamps: the
-//! algorithm of `lua/sliding_window.lua`, in Rust, for the in-process store.
-//! Keep the two in step; the behaviour suite runs the same checks on both.
+//! The ring-buffer log of `docs/design.md#the-algorithm` in Rust, for the in-process
+//! store: the same decisions as `lua/sliding_window.lua` (the behaviour suite and the
+//! script's replay test hold the two to it).
 
 use super::{Decision, Limits, MAX_WINDOWS, Mode, WindowCheck};
 
@@ -104,7 +104,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::limiter::Window;
+    use crate::domain::Window;
 
     const T0: u64 = 1_700_000_000_000;
 

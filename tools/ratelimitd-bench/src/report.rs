@@ -7,7 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 use super::LoadOptions;
-use super::exactness::Verdict;
+use ratelimitd::domain::oracle::Audit;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -73,11 +73,11 @@ impl Report {
         latency: &Histogram<u64>,
         errors: u64,
         first_error: Option<String>,
-        verdicts: &[(u32, Verdict)],
+        audits: &[(u32, Audit)],
     ) -> Self {
         let (mut allowed, mut calls) = (0u64, errors);
         let mut exactness = Exactness {
-            keys_checked: verdicts.len(),
+            keys_checked: audits.len(),
             window_ms: options.window_ms,
             worst_max_in_window: 0,
             worst_limit: 0,
@@ -85,7 +85,7 @@ impl Report {
             over_admitted_units: 0,
             wrongly_denied: 0,
         };
-        for (limit, v) in verdicts {
+        for (limit, v) in audits {
             allowed += v.allowed as u64;
             calls += v.calls as u64;
             let over = v.max_in_window.saturating_sub(u64::from(*limit));

@@ -1,5 +1,7 @@
-//! Checks the exactness rule over recorded decisions of one key, on the decisions'
-//! own clock (`decided_at_ms`): rule 1 (never over) and rule 2 (never under).
+//! The exactness oracle: checks rules 1 (never over) and 2 (never under) of
+//! `docs/design.md#what-it-guarantees` over the recorded decisions of one key, on the
+//! decisions' own clock (`decided_at_ms`). It shares no code with the ring or the
+//! script: it counts the allowed units of each window directly from the list.
 
 /// One recorded decision.
 #[derive(Debug, Clone, Copy)]
@@ -9,8 +11,9 @@ pub struct Record {
     pub at_ms: u64,
 }
 
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Verdict {
+/// What the oracle found in one key's decisions.
+#[derive(Debug, Default, Clone)]
+pub struct Audit {
     pub calls: usize,
     pub allowed: usize,
     /// The most units allowed in any interval [t, t + W).
@@ -19,7 +22,7 @@ pub struct Verdict {
     pub wrongly_denied: usize,
 }
 
-pub fn verdict(records: &[Record], limit: u32, window_ms: u64) -> Verdict {
+pub fn audit(records: &[Record], limit: u32, window_ms: u64) -> Audit {
     let mut allowed: Vec<(u64, u64)> =
         records.iter().filter(|r| r.allowed).map(|r| (r.at_ms, u64::from(r.cost))).collect();
     allowed.sort_unstable();
@@ -42,5 +45,5 @@ pub fn verdict(records: &[Record], limit: u32, window_ms: u64) -> Verdict {
         .filter(|r| !r.allowed)
         .filter(|r| units_in(r.at_ms.checked_sub(window_ms), r.at_ms) + u64::from(r.cost) <= u64::from(limit))
         .count();
-    Verdict { calls: records.len(), allowed: allowed.len(), max_in_window, wrongly_denied }
+    Audit { calls: records.len(), allowed: allowed.len(), max_in_window, wrongly_denied }
 }

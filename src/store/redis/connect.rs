@@ -1,6 +1,6 @@
-//! How the Redis store reaches Redis: one server (`--redis-url`), a Redis Cluster
-//! (`--redis-cluster-nodes`), or the master Sentinel names (`--redis-sentinels`).
-//! Each is a deadpool-redis pool; the store sees one multiplexed [`Conn`] either way.
+//! How the Redis store reaches Redis: a deadpool-redis pool per topology (one server,
+//! a Redis Cluster, or the master Sentinel names); the store sees one multiplexed
+//! [`Conn`] either way.
 
 use deadpool_redis::{PoolConfig, Runtime};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -8,41 +8,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::SentinelServerType;
 use redis::{Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, TlsCertificates, Value};
 
-use super::StoreError;
-use super::redis::RedisOptions;
-
-/// Where Redis is.
-#[derive(Clone)]
-pub enum RedisEndpoint {
-    /// One server: `redis://` or `rediss://`.
-    Url(String),
-    /// Seed nodes of a Redis Cluster; the rest of the topology is discovered, and
-    /// followed through MOVED, ASK and failovers.
-    Cluster(Vec<String>),
-    /// The master that these sentinels name `master`; followed through failovers.
-    Sentinel { master: String, sentinels: Vec<String> },
-}
-
-impl std::fmt::Debug for RedisEndpoint {
-    /// URLs may hold passwords: only the shape is shown.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Url(_) => f.write_str("Url(..)"),
-            Self::Cluster(nodes) => write!(f, "Cluster({} seed nodes)", nodes.len()),
-            Self::Sentinel { master, sentinels } => write!(f, "Sentinel({master}, {} sentinels)", sentinels.len()),
-        }
-    }
-}
-
-impl RedisEndpoint {
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Self::Url(_) => "single",
-            Self::Cluster(_) => "cluster",
-            Self::Sentinel { .. } => "sentinel",
-        }
-    }
-}
+use super::options::{RedisEndpoint, RedisOptions};
+use crate::store::StoreError;
 
 #[derive(Clone)]
 pub(super) enum Pools {

@@ -4,7 +4,6 @@
 //! stall is not hidden by coordinated omission), with latencies in an HDR histogram
 //! and the exactness rule checked per key from every response.
 
-pub mod exactness;
 pub mod keys;
 mod report;
 
@@ -19,10 +18,10 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::grpc::pb::CheckAndConsumeRequest;
-use crate::grpc::pb::rate_limiter_client::RateLimiterClient;
-use exactness::Record;
 use keys::{KeyDistribution, KeyPicker};
+use ratelimitd::domain::oracle::{self, Record};
+use ratelimitd::grpc::pb::CheckAndConsumeRequest;
+use ratelimitd::grpc::pb::rate_limiter_client::RateLimiterClient;
 pub use report::{Exactness, Latency, Report};
 
 #[derive(Debug, Clone)]
@@ -333,11 +332,9 @@ fn summarise(options: &LoadOptions, results: Vec<CallerResult>, elapsed: Duratio
             entry.1.push(record);
         }
     }
-    let verdicts: Vec<_> = by_key
-        .values()
-        .map(|(limit, records)| (*limit, exactness::verdict(records, *limit, options.window_ms)))
-        .collect();
-    Report::new(options, elapsed, &latency, errors, first_error, &verdicts)
+    let audits: Vec<_> =
+        by_key.values().map(|(limit, records)| (*limit, oracle::audit(records, *limit, options.window_ms))).collect();
+    Report::new(options, elapsed, &latency, errors, first_error, &audits)
 }
 
 /// EVALSHA plus EVAL calls Redis has served (INFO commandstats).

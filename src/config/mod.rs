@@ -1,13 +1,19 @@
-//! The validated configuration, built once from the command line; the rest of the
-//! code trusts it.
+//! Floor 5, the configuration adapter: the command line ([`cli`]), the limits file
+//! ([`limits`]) and its hot reload ([`reload`]), and the validated [`Config`], built
+//! once from them; the rest of the code trusts it.
+
+pub mod cli;
+pub mod limits;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{Cli, LogFormat};
-use crate::limiter::{Fingerprinter, MAX_KEY_ID_BYTES, Policies, Policy, PolicyError, SharedPolicies};
-use crate::limits::LimitsError;
+use self::cli::Cli;
+pub use self::cli::LogFormat;
+use self::limits::LimitsError;
+use crate::domain::{Fingerprinter, MAX_KEY_ID_BYTES, Policies, Policy, PolicyError, SharedPolicies};
 use crate::metrics::ThrottleOptions;
 use crate::store::redis::{RedisEndpoint, RedisOptions, RedisTls};
 
@@ -57,7 +63,7 @@ impl std::fmt::Debug for TlsFiles {
 pub struct LimitsFile {
     pub path: PathBuf,
     /// The default policy when the file has no `default` section (--limit, --window).
-    pub fallback: Policy,
+    pub default_policy: Policy,
     pub poll_interval: Duration,
     /// The content the policies in force were loaded from.
     pub loaded: Vec<u8>,
@@ -73,7 +79,7 @@ pub enum StoreConfig {
 /// A configuration that cannot run, naming the flag and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--limit must be between 1 and {max}, got {0}", max = crate::limiter::MAX_LIMIT)]
+    #[error("--limit must be between 1 and {max}, got {0}", max = crate::domain::MAX_LIMIT)]
     Limit(u32),
     #[error("--window must be a whole number of milliseconds from 1ms to 31 days, got {0:?}")]
     Window(Duration),
@@ -197,8 +203,9 @@ fn policies(cli: &Cli, default: Policy) -> Result<(Policies, Option<LimitsFile>)
     if cli.limits_poll_interval < Duration::from_millis(100) {
         return Err(ConfigError::LimitsPollInterval(cli.limits_poll_interval));
     }
-    let (policies, loaded) = crate::limits::load(path, &default)?;
-    let file = LimitsFile { path: path.clone(), fallback: default, poll_interval: cli.limits_poll_interval, loaded };
+    let (policies, loaded) = limits::load(path, &default)?;
+    let file =
+        LimitsFile { path: path.clone(), default_policy: default, poll_interval: cli.limits_poll_interval, loaded };
     Ok((policies, Some(file)))
 }
 

@@ -1,5 +1,5 @@
 //! The command line. Every flag also reads `RATELIMITD_<FLAG>` from the environment
-//! (the Helm chart and operators rely on both names); values are checked in [`crate::config`].
+//! (the Helm chart and operators rely on both names); values are checked in [`super::Config::from_cli`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -142,7 +142,7 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
 
-    /// YAML file of policies and per-key overrides (see README, "The limits file"). Its
+    /// YAML file of policies and per-key overrides (see docs/configuration.md, "The limits file"). Its
     /// `default` section, if any, replaces --limit and --window. Reloaded when it changes
     /// and on SIGHUP; a file that does not validate is logged and the last good one kept.
     #[arg(long, env = "RATELIMITD_LIMITS_FILE")]
@@ -215,7 +215,7 @@ pub enum FailureModeArg {
     Local,
 }
 
-impl From<FailureModeArg> for crate::limiter::FailureMode {
+impl From<FailureModeArg> for crate::domain::FailureMode {
     fn from(arg: FailureModeArg) -> Self {
         match arg {
             FailureModeArg::Open => Self::Open,

@@ -25,21 +25,18 @@
 //! The whole file is validated before it is used; an error names the line and the
 //! field (e.g. `policies.gold.windows[1]: ... at line 9 column 9`).
 
+mod de;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny};
 
-use crate::limiter::{DEFAULT_POLICY, FailureMode, Fingerprint, Limits, Override, Policies, Policy, Window};
-
-/// The longest policy name or alias.
-const MAX_NAME: usize = 64;
+use self::de::{FingerprintKey, Length, PolicyName, Unique, Validated, check_alias};
+use crate::domain::{DEFAULT_POLICY, FailureMode, Limits, Override, Policies, Policy, Window};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LimitsError {
@@ -49,21 +46,21 @@ pub enum LimitsError {
     Invalid { path: String, message: String },
 }
 
-/// Reads and validates the file. `fallback` is the default policy when the file has
+/// Reads and validates the file. `default_policy` is the default policy when the file has
 /// none. Returns the policies and the bytes they came from.
-pub fn load(path: &Path, fallback: &Policy) -> Result<(Policies, Vec<u8>), LimitsError> {
+pub fn load(path: &Path, default_policy: &Policy) -> Result<(Policies, Vec<u8>), LimitsError> {
     let bytes = std::fs::read(path).map_err(|source| LimitsError::Read { path: path.display().to_string(), source })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| LimitsError::Invalid {
         path: path.display().to_string(),
         message: format!("the file is not UTF-8: {e}"),
     })?;
-    let policies =
-        parse(text, fallback).map_err(|message| LimitsError::Invalid { path: path.display().to_string(), message })?;
+    let policies = parse(text, default_policy)
+        .map_err(|message| LimitsError::Invalid { path: path.display().to_string(), message })?;
     Ok((policies, bytes))
 }
 
 /// Validates a limits file's text; the error says what is wrong, where.
-pub fn parse(text: &str, fallback: &Policy) -> Result<Policies, String> {
+pub fn parse(text: &str, default_policy: &Policy) -> Result<Policies, String> {
     // Overrides may come before the policies they name, so a first pass collects the
     // names; the second checks each reference where it is, for an error with its line.
     let names = serde_yaml_ng::from_str::<Names>(text).map(|n| n.policies.into_keys().collect()).unwrap_or_default();
@@ -79,11 +76,15 @@ pub fn parse(text: &str, fallback: &Policy) -> Result<Policies, String> {
             // serde_yaml_ng places errors inside maps; one about the top-level map itself has no place.
             if message.contains(" at line ") { message } else { format!("{message} (at the top level of the file)") }
         })?;
-    Ok(file.into_policies(fallback))
+    Ok(file.into_policies(default_policy))
 }
 
 thread_local! {
-    /// The policy names of the file being parsed (see [`parse`]).
+    /// The policy names of the file being parsed (see [`parse`]), so that an override
+    /// naming an unknown policy is refused with its own line. A thread-local because
+    /// serde's derived `Deserialize` takes no context: passing the names down would mean
+    /// hand-written seeds for the file, its maps and the override body. It is set and
+    /// cleared around one synchronous parse, so no other parse can see it.
     static KNOWN_POLICIES: RefCell<BTreeSet<String>> = const { RefCell::new(BTreeSet::new()) };
 }
 
@@ -104,10 +105,10 @@ struct File {
 }
 
 impl File {
-    fn into_policies(self, fallback: &Policy) -> Policies {
+    fn into_policies(self, default_policy: &Policy) -> Policies {
         let default = match self.default {
-            Some(body) => body.into_policy(DEFAULT_POLICY, fallback),
-            None => fallback.clone(),
+            Some(body) => body.into_policy(DEFAULT_POLICY, default_policy),
+            None => default_policy.clone(),
         };
         let default = Arc::new(default);
         let named: HashMap<String, Arc<Policy>> = self
@@ -115,7 +116,7 @@ impl File {
             .0
             .into_iter()
             .map(|(PolicyName(name), body)| {
-                let policy = body.into_policy(&name, fallback);
+                let policy = body.into_policy(&name, default_policy);
                 (name, Arc::new(policy))
             })
             .collect();
@@ -141,8 +142,8 @@ struct PolicyBody {
 
 impl PolicyBody {
     /// Without a `failure` of its own, a policy has the default's (--failure-mode).
-    fn into_policy(self, name: &str, fallback: &Policy) -> Policy {
-        let failure = self.failure.unwrap_or(fallback.failure);
+    fn into_policy(self, name: &str, default_policy: &Policy) -> Policy {
+        let failure = self.failure.unwrap_or(default_policy.failure);
         Policy { name: name.into(), limits: self.limits, shadow: self.shadow, failure }
     }
 }
@@ -187,7 +188,7 @@ impl TryFrom<RawPolicy> for PolicyBody {
 
 impl<'de> Deserialize<'de> for PolicyBody {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(Checked::<RawPolicy, Self>::new("a policy: `limit` and `window`, or `windows`"))
+        d.deserialize_map(Validated::<RawPolicy, Self>::new("a policy: `limit` and `window`, or `windows`"))
     }
 }
 
@@ -222,160 +223,25 @@ impl TryFrom<RawOverride> for OverrideBody {
 
 impl<'de> Deserialize<'de> for OverrideBody {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(Checked::<RawOverride, Self>::new("an override: `policy` and an optional `alias`"))
-    }
-}
-
-/// Deserializes a map as `Raw`, then validates it into `T` while the deserializer
-/// still points at that map, so an error carries the map's line.
-struct Checked<Raw, T> {
-    expecting: &'static str,
-    types: PhantomData<(Raw, T)>,
-}
-
-impl<Raw, T> Checked<Raw, T> {
-    fn new(expecting: &'static str) -> Self {
-        Self { expecting, types: PhantomData }
-    }
-}
-
-impl<'de, Raw: DeserializeOwned, T: TryFrom<Raw, Error = String>> Visitor<'de> for Checked<Raw, T> {
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.expecting)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-        let raw = Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        T::try_from(raw).map_err(de::Error::custom)
-    }
-}
-
-/// A map whose keys must be unique: YAML would silently keep the last of two entries
-/// with one key, so a policy defined twice or a key overridden twice is an error.
-struct Unique<K, V>(HashMap<K, V>);
-
-/// The key of a [`Unique`] map: what the map is, and how to name a repeated key.
-trait UniqueKey: Eq + std::hash::Hash {
-    const EXPECTING: &'static str;
-    fn repeated(&self) -> String;
-}
-
-impl<K, V> Default for Unique<K, V> {
-    fn default() -> Self {
-        Self(HashMap::new())
-    }
-}
-
-impl<'de, K: UniqueKey + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Unique<K, V> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Entries<K, V>(PhantomData<(K, V)>);
-        impl<'de, K: UniqueKey + Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for Entries<K, V> {
-            type Value = Unique<K, V>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(K::EXPECTING)
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = HashMap::new();
-                while let Some(key) = map.next_key::<K>()? {
-                    let value: V = map.next_value()?;
-                    if entries.contains_key(&key) {
-                        return Err(de::Error::custom(key.repeated()));
-                    }
-                    entries.insert(key, value);
-                }
-                Ok(Unique(entries))
-            }
-        }
-        d.deserialize_map(Entries(PhantomData))
-    }
-}
-
-impl UniqueKey for PolicyName {
-    const EXPECTING: &'static str = "a map from policy names to policies";
-    fn repeated(&self) -> String {
-        format!("policy `{}` is defined twice", self.0)
-    }
-}
-
-impl UniqueKey for FingerprintKey {
-    const EXPECTING: &'static str = "a map from key fingerprints to overrides";
-    fn repeated(&self) -> String {
-        format!("fingerprint {} is listed twice", self.0)
-    }
-}
-
-#[derive(PartialEq, Eq, Hash)]
-struct FingerprintKey(Fingerprint);
-
-impl<'de> Deserialize<'de> for FingerprintKey {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Fingerprint::from_hex(&text).map(FingerprintKey).ok_or_else(|| {
-            // The value is not echoed: it may be a raw API key put here by mistake.
-            de::Error::custom(
-                "an override is not keyed by a key fingerprint (32 hex digits, as `ratelimitd fingerprint` \
-                 prints); raw API keys never belong in this file",
-            )
-        })
-    }
-}
-
-#[derive(PartialEq, Eq, Hash)]
-struct PolicyName(String);
-
-impl<'de> Deserialize<'de> for PolicyName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        let valid_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if name.is_empty() || name.len() > MAX_NAME || !valid_chars {
-            let reason = format!("1 to {MAX_NAME} letters, digits, '.', '_' or '-'");
-            return Err(de::Error::custom(format!("policy name `{name}` is not valid: use {reason}")));
-        }
-        if name == DEFAULT_POLICY {
-            return Err(de::Error::custom("`default` is set in the top-level `default` section, not under `policies`"));
-        }
-        Ok(Self(name))
-    }
-}
-
-fn check_alias(alias: &str) -> Result<(), String> {
-    let valid_chars = alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ' '));
-    if alias.trim().is_empty() || alias.len() > MAX_NAME || !valid_chars || alias.trim() != alias {
-        return Err(format!(
-            "alias {alias:?} is not valid: use 1 to {MAX_NAME} letters, digits, spaces, '.', '_' or '-'"
-        ));
-    }
-    Ok(())
-}
-
-/// A window length such as `60s`, `1m` or `500ms`.
-struct Length(Duration);
-
-impl<'de> Deserialize<'de> for Length {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Length)
-            .map_err(|e| de::Error::custom(format!("window `{text}`: {e} (expected e.g. 60s, 1m, 500ms)")))
+        d.deserialize_map(Validated::<RawOverride, Self>::new("an override: `policy` and an optional `alias`"))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::domain::Fingerprint;
 
     const FP: &str = "00112233445566778899aabbccddeeff";
 
-    fn fallback() -> Policy {
+    fn default_policy() -> Policy {
         Policy::default_with(300, Duration::from_secs(60)).unwrap()
     }
 
     fn error(text: &str) -> String {
-        parse(text, &fallback()).err().unwrap_or_else(|| panic!("accepted:\n{text}"))
+        parse(text, &default_policy()).err().unwrap_or_else(|| panic!("accepted:\n{text}"))
     }
 
     #[test]
@@ -385,7 +251,7 @@ mod tests {
              - {{ limit: 3000, window: 1m }}\n    failure: closed\n  trial:\n    limit: 5\n    window: 10s\n    shadow: true\n\
              overrides:\n  {FP}:\n    policy: gold\n    alias: Acme Health\n"
         );
-        let policies = parse(&text, &fallback()).unwrap();
+        let policies = parse(&text, &default_policy()).unwrap();
         assert_eq!(policies.default.limits, Limits::single(100, Duration::from_secs(60)).unwrap());
         let key = Fingerprint::from_hex(FP).unwrap();
         let resolved = policies.lookup(&key);
@@ -396,9 +262,9 @@ mod tests {
 
     #[test]
     fn without_a_default_section_the_flags_apply() {
-        let policies = parse("policies: {}\n", &fallback()).unwrap();
-        assert_eq!(*policies.default, fallback());
-        assert!(parse("", &fallback()).is_ok(), "an empty file is the flags' default and no overrides");
+        let policies = parse("policies: {}\n", &default_policy()).unwrap();
+        assert_eq!(*policies.default, default_policy());
+        assert!(parse("", &default_policy()).is_ok(), "an empty file is the flags' default and no overrides");
     }
 
     #[test]
@@ -449,6 +315,6 @@ mod tests {
     #[test]
     fn a_policy_may_be_referenced_before_it_is_defined() {
         let text = format!("overrides:\n  {FP}:\n    policy: late\npolicies:\n  late:\n    limit: 1\n    window: 1s\n");
-        assert!(parse(&text, &fallback()).is_ok());
+        assert!(parse(&text, &default_policy()).is_ok());
     }
 }

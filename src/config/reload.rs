@@ -9,9 +9,9 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use crate::config::LimitsFile;
-use crate::limiter::SharedPolicies;
-use crate::limits::{self, LimitsError};
+use super::LimitsFile;
+use super::limits::{self, LimitsError};
+use crate::domain::{Policies, SharedPolicies};
 use crate::metrics;
 
 /// How long after a read a changed file is read again, to be sure it is complete.
@@ -99,7 +99,7 @@ impl Watcher {
 
     fn apply(&mut self, content: Vec<u8>) -> Reload {
         let text = String::from_utf8_lossy(&content);
-        match limits::parse(&text, &self.file.fallback) {
+        match limits::parse(&text, &self.file.default_policy) {
             Ok(policies) => {
                 let (named, overrides) = (count_policies(&policies), policies.overrides.len());
                 self.policies.replace(policies);
@@ -122,7 +122,7 @@ fn reject(error: &LimitsError) {
     tracing::error!(error = %error, "limits file rejected; the policies in force are kept");
 }
 
-fn count_policies(policies: &crate::limiter::Policies) -> usize {
+fn count_policies(policies: &Policies) -> usize {
     let names: std::collections::HashSet<&str> = policies.overrides.values().map(|o| &*o.policy.name).collect();
     names.len() + 1
 }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use ratelimitd::bench::keys::KeyDistribution;
-use ratelimitd::bench::{LoadOptions, Stop};
+use ratelimitd_bench::keys::KeyDistribution;
+use ratelimitd_bench::{LoadOptions, Stop};
 
 #[derive(Debug, Parser)]
 #[command(name = "ratelimitd-bench", version, about = "Load generator and exactness checker for ratelimitd.")]
@@ -97,18 +97,18 @@ async fn main() -> ExitCode {
         progress: !args.quiet,
     };
     let before = match &args.redis_url {
-        Some(url) => match ratelimitd::bench::script_calls(url).await {
+        Some(url) => match ratelimitd_bench::script_calls(url).await {
             Ok(calls) => Some(calls),
             Err(e) => return fail(&format!("--redis-url: {e}")),
         },
         None => None,
     };
-    let mut report = match ratelimitd::bench::run(&options).await {
+    let mut report = match ratelimitd_bench::run(&options).await {
         Ok(report) => report,
         Err(e) => return fail(&e.to_string()),
     };
     if let (Some(url), Some(before)) = (&args.redis_url, before) {
-        match ratelimitd::bench::script_calls(url).await {
+        match ratelimitd_bench::script_calls(url).await {
             Ok(after) => report.redis_calls_per_check = Some((after - before) as f64 / report.calls.max(1) as f64),
             Err(e) => return fail(&format!("--redis-url: {e}")),
         }

@@ -85,7 +85,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::limiter::policy::Window;
+    use crate::domain::Window;
 
     fn limits() -> Limits {
         let minute = Window::new(300, Duration::from_secs(60)).unwrap();

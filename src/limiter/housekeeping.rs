@@ -1,0 +1,38 @@
+//! The limiter's own upkeep, in one task per limiter: drops history and cached
+//! denials that time has undone, and probes the store so that its health stays
+//! true while no checks arrive.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use super::Limiter;
+use crate::store::Store;
+
+/// How often idle history (the in-process stores) and undone denials are dropped.
+const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an idle replica checks that the store still answers.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs until the limiter is dropped.
+pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
+    let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
+    let mut sweep = tokio::time::interval(EVICTION_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = probe.tick() => {
+                let Some(limiter) = limiter.upgrade() else { return };
+                let answer = limiter.store.probe().await;
+                limiter.note_store_health(answer.is_ok());
+            }
+            _ = sweep.tick() => {
+                let Some(limiter) = limiter.upgrade() else { return };
+                let evicted = limiter.store.evict_idle();
+                if let Some(cache) = &limiter.deny_cache {
+                    cache.evict_expired();
+                }
+                limiter.local.evict_idle();
+                tracing::trace!(evicted, "evicted idle keys");
+            }
+        }
+    }
+}

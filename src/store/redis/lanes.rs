@@ -1,0 +1,184 @@
+//! The store's connections to Redis, one per lane: each lane keeps one multiplexed
+//! connection checked out of its deadpool-redis pool and shares it among concurrent
+//! calls, since a multiplexed connection pipelines them (going back to the pool per
+//! call would add a PING round trip, deadpool's recycle check). Calls are bounded by
+//! the timeout; a connection given up on is replaced.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use tokio::sync::RwLock;
+
+use super::connect::{Conn, Pooled, Pools};
+use super::script::{Check, Reply, invocation, replies_of};
+use crate::store::StoreError;
+
+thread_local! {
+    /// The lane of this thread's checks (see [`Lanes::bind_thread`]); `None` spreads
+    /// them over the lanes in turn. A thread-local because the lane belongs to the
+    /// thread, not to the call: a connection's driver runs on the event loop that opened
+    /// it, and a gRPC call reaches the store through tonic with no way to carry it.
+    static THREAD_LANE: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// A lane's connection: held out of the pool, and the handle its calls clone.
+struct Lane {
+    pooled: Pooled,
+    conn: Conn,
+}
+
+/// The lanes: the first `checks` carry checks, the last one PING and SCRIPT LOAD, so
+/// that its connection is not driven by another thread than the checks'.
+pub(super) struct Lanes {
+    pools: Pools,
+    lanes: Box<[RwLock<Option<Lane>>]>,
+    next_lane: AtomicUsize,
+    pub(super) script: Script,
+    pub(super) timeout: Duration,
+    /// A cluster connection follows the topology by itself and is never reset.
+    cluster: bool,
+}
+
+impl Lanes {
+    pub(super) fn new(pools: Pools, checks: usize, script: Script, timeout: Duration, cluster: bool) -> Self {
+        let lanes = (0..=checks).map(|_| RwLock::new(None)).collect();
+        Self { pools, lanes, next_lane: AtomicUsize::new(0), script, timeout, cluster }
+    }
+
+    /// Makes this thread's checks use lane `worker` mod the check lanes: a worker thread
+    /// bound to its own connection sends and receives its calls batched, without
+    /// handing them to another thread. Unbound threads use the lanes in turn.
+    pub(super) fn bind_thread(worker: usize) {
+        THREAD_LANE.set(Some(worker));
+    }
+
+    /// The lane for PING and SCRIPT LOAD.
+    pub(super) fn control_lane(&self) -> usize {
+        self.lanes.len() - 1
+    }
+
+    /// The lane for a check made on this thread.
+    pub(super) fn check_lane(&self) -> usize {
+        let checks = self.lanes.len() - 1;
+        match THREAD_LANE.get() {
+            Some(worker) => worker % checks,
+            None => self.next_lane.fetch_add(1, Ordering::Relaxed) % checks,
+        }
+    }
+
+    /// One script call deciding `checks` in order: one reply per check, or the
+    /// call's failure.
+    pub(super) async fn eval(
+        &self,
+        lane: usize,
+        checks: &[Check<'_>],
+    ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+        let mut conn = self.connection(lane).await?;
+        let invocation = invocation(&self.script, checks, None);
+        match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
+            Ok(replies) => replies_of(checks, replies),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Bounds a call by the timeout. A call that hangs may be on a dead connection
+    /// (a hung or unplugged Redis sends no reset), so its lane reconnects.
+    pub(super) async fn bounded<T>(
+        &self,
+        lane: usize,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.reset(lane);
+                Err(StoreError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    /// Classifies a failed call, and replaces connections that cannot serve again:
+    /// broken, or to a Redis that is no longer a writable master.
+    pub(super) fn failed(&self, e: RedisError) -> StoreError {
+        let demoted = matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown));
+        if e.is_unrecoverable_error() || e.is_io_error() || demoted {
+            tracing::debug!(error = %e, "reconnecting every Redis lane");
+            self.reset_all();
+        }
+        classify(e)
+    }
+
+    pub(super) async fn connection(&self, lane: usize) -> Result<Conn, StoreError> {
+        if let Some(held) = self.lanes[lane].read().await.as_ref() {
+            return Ok(held.conn.clone());
+        }
+        // One caller per lane connects (holding the write lock); the others wait for
+        // it rather than taking more connections from the pool than there are lanes.
+        let mut slot = self.lanes[lane].write().await;
+        if let Some(held) = slot.as_ref() {
+            return Ok(held.conn.clone());
+        }
+        // In a task of its own: a caller whose deadline passes leaves it running, and the
+        // connection it makes waits in the pool for the next caller.
+        let pools = self.pools.clone();
+        let connecting = tokio::spawn(async move { pools.get().await });
+        let got = connecting.await.unwrap_or_else(|e| Err(format!("connecting failed: {e}")));
+        match got {
+            Ok((pooled, conn)) => {
+                *slot = Some(Lane { pooled, conn: conn.clone() });
+                Ok(conn)
+            }
+            Err(e) => {
+                // Redis cannot be reached: the other lanes' connections are as dead.
+                drop(slot);
+                self.reset_all();
+                Err(StoreError::Unavailable(e))
+            }
+        }
+    }
+
+    /// Drops a lane's connection (out of the pool for good: see [`Pooled::detach`]);
+    /// the lane's next call gets a new one. A lane that is busy connecting is left alone.
+    fn reset(&self, lane: usize) {
+        // A cluster connection reconnects the node that failed and follows topology
+        // changes by itself; dropping it would cut off every healthy master too.
+        if self.cluster {
+            return;
+        }
+        if let Ok(mut slot) = self.lanes[lane].try_write()
+            && let Some(held) = slot.take()
+        {
+            held.pooled.detach();
+        }
+    }
+
+    /// A broken or demoted connection means the Redis behind every lane went away or
+    /// changed role (a restart, a failover): all lanes reconnect, so the calls that
+    /// follow do not each find another dead lane.
+    fn reset_all(&self) {
+        for lane in 0..self.lanes.len() {
+            self.reset(lane);
+        }
+    }
+}
+
+/// Transient failures (connection, loading, failover) may succeed on retry; the
+/// rest (a script error, a key of another type under our prefix) need an operator.
+fn classify(e: RedisError) -> StoreError {
+    let transient = e.is_io_error()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        );
+    if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Failed(e.to_string()) }
+}

@@ -1,0 +1,140 @@
+//! The Redis store: every decision is made by `lua/sliding_window.lua`, atomic inside
+//! Redis and on Redis's clock, so any number of replicas sharing the Redis enforce one
+//! exact limit per key (the algorithm: `docs/design.md#the-algorithm`).
+//!
+//! - [`options`]: where Redis is and how long to wait for it;
+//! - `connect`: the deadpool-redis pools, one multiplexed connection type;
+//! - `lanes`: the connections the store's calls share, bounded by the timeout;
+//! - `batch`: checks that meet on a lane leave together in one script call;
+//! - [`script`]: the Rust half of the script's contract (arguments and reply).
+
+mod batch;
+mod connect;
+mod lanes;
+pub mod options;
+pub mod script;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::{PoolConfig, Timeouts};
+
+use self::batch::Batches;
+use self::connect::Pools;
+use self::lanes::Lanes;
+pub use self::options::{RedisEndpoint, RedisOptions, RedisTls};
+use self::script::{Check, Reply, decode};
+use super::{Store, StoreError};
+use crate::domain::{Decision, Fingerprint, Limits, Mode};
+use crate::metrics;
+
+/// The least time connecting to Redis may take (TCP, TLS handshake, AUTH).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct RedisStore {
+    batches: Arc<Batches>,
+    key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("key_prefix", &self.key_prefix).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Builds the store without connecting: Redis may come up later, and calls
+    /// fail with [`StoreError::Unavailable`] until it does.
+    pub fn new(options: RedisOptions) -> Result<Self, StoreError> {
+        // Connecting (TCP, TLS, AUTH) gets longer than a call: it runs in the background
+        // (see `Lanes::connection`), so a short call deadline does not keep cutting it off.
+        let connect = options.timeout.max(CONNECT_TIMEOUT);
+        let timeouts = Timeouts { wait: Some(connect), create: Some(connect), recycle: Some(connect) };
+        let connections = options.connections.max(1);
+        let mut pool_config = PoolConfig::new(connections + 1);
+        pool_config.timeouts = timeouts;
+        let cluster = matches!(options.endpoint, RedisEndpoint::Cluster(_));
+        let pools = Pools::new(&options, pool_config)?;
+        let lanes = Lanes::new(pools, connections, script::script(), options.timeout, cluster);
+        // Redis Cluster gets one check per call: a batch's keys would have to share a slot.
+        let batch = if cluster { 1 } else { options.batch };
+        Ok(Self { batches: Arc::new(Batches::new(lanes, connections, batch)), key_prefix: options.key_prefix })
+    }
+
+    /// Makes this thread's checks use one connection, `worker` mod `connections`. A
+    /// connection's driver runs on the event loop that opened it, so a worker thread
+    /// bound to its own connection sends and receives its calls batched, without
+    /// handing them to another thread. Unbound threads use the connections in turn.
+    pub fn bind_thread(worker: usize) {
+        Lanes::bind_thread(worker);
+    }
+
+    /// Loads the script, so that the first checks do not meet NOSCRIPT (they would
+    /// load it and retry, as after a Redis restart or SCRIPT FLUSH).
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        let lanes = &self.batches.lanes;
+        let call = async {
+            let mut conn = lanes.connection(lanes.control_lane()).await?;
+            match lanes.script.load_async(&mut conn).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(lanes.failed(e)),
+            }
+        };
+        // At start-up the first connection is made here: it gets the connect timeout.
+        let timeout = lanes.timeout.max(CONNECT_TIMEOUT);
+        tokio::time::timeout(timeout, call).await.unwrap_or(Err(StoreError::Timeout(timeout)))
+    }
+
+    /// Checks that Redis answers (PING on its own lane), within the timeout.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.control_lane();
+        let call = async {
+            let mut conn = lanes.connection(lane).await?;
+            match redis::cmd("PING").query_async::<()>(&mut conn).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(lanes.failed(e)),
+            }
+        };
+        lanes.bounded(lane, call).await
+    }
+
+    /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
+    /// only the fingerprint, so the key lives in one slot.
+    pub fn key_name(&self, key: &Fingerprint) -> Vec<u8> {
+        let prefix = &self.key_prefix;
+        let mut name = Vec::with_capacity(prefix.len() + 34);
+        name.extend_from_slice(prefix.as_bytes());
+        name.push(b'{');
+        name.extend_from_slice(&key.hex());
+        name.push(b'}');
+        name
+    }
+
+    /// One check in a script call of its own.
+    async fn alone(&self, lane: usize, check: Check<'_>) -> Result<Reply, StoreError> {
+        metrics::redis_batch(1);
+        let lanes = &self.batches.lanes;
+        let mut replies = lanes.bounded(lane, lanes.eval(lane, &[check])).await?;
+        replies.pop().unwrap_or_else(|| Err(StoreError::Failed("no reply".into())))
+    }
+}
+
+impl Store for RedisStore {
+    async fn check(&self, key: &Fingerprint, limits: &Limits, cost: u32, mode: Mode) -> Result<Decision, StoreError> {
+        let lane = self.batches.lanes.check_lane();
+        let key = self.key_name(key);
+        let started = Instant::now();
+        let reply = if self.batches.max == 1 {
+            self.alone(lane, Check { key: &key, limits, cost, mode }).await
+        } else {
+            self.batches.decide(lane, key, *limits, cost, mode).await
+        };
+        metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
+        decode(limits, cost, &reply?)
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
+}
