@@ -67,10 +67,16 @@ async fn health_follows_redis_and_shutdown() {
     stopping.await.unwrap().expect("a clean stop");
 }
 
+/// Both reflection versions list every service the port answers: grpcurl asks v1,
+/// Python's grpcio-reflection v1alpha.
 #[tokio::test(flavor = "multi_thread")]
 async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1alpha;
+
     let server = Backend::memory().server(300, "60s").await;
     server.client().await;
+    let wanted = [SERVICE, "grpc.health.v1.Health", "envoy.service.ratelimit.v3.RateLimitService"];
+
     let mut client = ServerReflectionClient::new(channel(&server).await);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -82,7 +88,24 @@ async fn reflection_lists_the_services() {
         panic!("expected a service list: {response:?}");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    for wanted in [SERVICE, "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == wanted), "{wanted} missing from {names:?}");
+    for service in wanted {
+        assert!(names.iter().any(|n| n == service), "v1: {service} missing from {names:?}");
+    }
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&server).await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().expect("a response");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("expected a service list: {response:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in wanted {
+        assert!(names.iter().any(|n| n == service), "v1alpha: {service} missing from {names:?}");
     }
 }

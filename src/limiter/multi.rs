@@ -28,6 +28,23 @@ impl KeyChecks {
         self.checks.push((check, mode));
         self.checks.len() - 1
     }
+
+    /// How many distinct keys.
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+
+    /// Makes every check a peek: the request is refused whole, so none of its keys
+    /// may count it, and each key's status is what it would have answered.
+    pub fn peek_only(&mut self) {
+        for (_, mode) in &mut self.checks {
+            *mode = Mode::Peek;
+        }
+    }
 }
 
 impl<S: Store> Limiter<S> {
@@ -36,7 +53,8 @@ impl<S: Store> Limiter<S> {
     /// between the peek and the count can still leave one counted in some keys only.
     pub async fn decide_all(&self, keys: &KeyChecks) -> Result<Vec<Verdict>, CheckError> {
         let mut verdicts = Vec::with_capacity(keys.checks.len());
-        if keys.checks.len() > 1 {
+        let counts = keys.checks.iter().any(|(_, mode)| *mode == Mode::Consume);
+        if counts && keys.checks.len() > 1 {
             for (check, _) in &keys.checks {
                 verdicts.push(self.decide(check.clone(), Mode::Peek).await?);
             }

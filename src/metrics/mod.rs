@@ -35,6 +35,7 @@ pub const CONFIG_VALID: &str = "ratelimitd_config_valid";
 pub const THROTTLED_KEY_DENIALS: &str = "ratelimitd_throttled_key_denials";
 pub const THROTTLED_KEYS: &str = "ratelimitd_throttled_keys";
 pub const KEYS_NEAR_LIMIT: &str = "ratelimitd_keys_near_limit";
+pub const ENVOY_REFUSALS: &str = "ratelimitd_envoy_refusals_total";
 
 /// Every metric ratelimitd exports (docs/operations.md and the dashboard are checked against it).
 pub const ALL: &[&str] = &[
@@ -56,6 +57,7 @@ pub const ALL: &[&str] = &[
     THROTTLED_KEY_DENIALS,
     THROTTLED_KEYS,
     KEYS_NEAR_LIMIT,
+    ENVOY_REFUSALS,
 ];
 
 const THROTTLED_KEY_DENIALS_HELP: &str = "Denials of the most throttled keys (top K by denials, space-saving estimate) \
@@ -124,6 +126,12 @@ fn describe() {
         "Checks answered by the policy's failure mode (open, closed, local) because the store failed, by mode and call (check, peek)."
     );
     describe_gauge!(BREAKER_OPEN, "1 while the circuit breaker keeps calls away from a failing store, else 0.");
+    describe_counter!(
+        ENVOY_REFUSALS,
+        "ShouldRateLimit descriptors answered without a store decision, by reason: OVER_LIMIT for a key that \
+         cannot be valid (key_not_utf8, key_empty, key_too_long), a cost that can never fit (cost_never_fits) \
+         or too many keys (too_many_keys); a check that counts nothing for negative_hits."
+    );
     describe_counter!(CONFIG_LOADS, "Configuration loads by result (success, failure).");
     describe_gauge!(CONFIG_LAST_SUCCESS, "Unix time of the last successful configuration load.");
     describe_gauge!(
@@ -140,6 +148,16 @@ pub fn config_loaded(ok: bool) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         gauge!(CONFIG_LAST_SUCCESS).set(now);
     }
+}
+
+/// One ShouldRateLimit descriptor refused (or, for `negative_hits`, not counted) for `reason`.
+pub fn envoy_refusal(reason: &'static str) {
+    counter!(ENVOY_REFUSALS, "reason" => reason).increment(1);
+}
+
+/// Makes the series of `reason` exist (at 0) before the first refusal.
+pub fn envoy_refusal_reason(reason: &'static str) {
+    counter!(ENVOY_REFUSALS, "reason" => reason).increment(0);
 }
 
 pub fn invalid_request(field: &'static str) {

@@ -9,13 +9,13 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use super::ServeError;
 use crate::config::{Config, TlsFiles};
-use crate::grpc::envoy::RateLimitServiceServer;
+use crate::grpc::envoy::{self, RateLimitServiceServer};
 use crate::grpc::pb::rate_limiter_server::RateLimiterServer;
 use crate::grpc::{EnvoyRateLimitService, RateLimiterService, reflection};
 use crate::limiter::Limiter;
 use crate::store::Store;
 
-/// Requests are a key of at most 256 bytes and a cost: anything near this is abuse.
+/// Our API's requests are a key of at most 256 bytes and a cost: anything near this is abuse.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Concurrent calls one HTTP/2 connection may have open.
 const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
@@ -35,10 +35,10 @@ impl Router {
         config: &Config,
         health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     ) -> Result<Self, ServeError> {
-        let reflection = reflection().map_err(ServeError::Reflection)?;
+        let (reflection, reflection_v1alpha) = reflection().map_err(ServeError::Reflection)?;
         let envoy =
             RateLimitServiceServer::new(EnvoyRateLimitService::new(limiter.clone(), &config.envoy_api_key_entry))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES);
+                .max_decoding_message_size(envoy::MAX_MESSAGE_BYTES);
         let service =
             RateLimiterServer::new(RateLimiterService::new(limiter)).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut builder = Server::builder()
@@ -49,7 +49,11 @@ impl Router {
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(tls_config(tls)).map_err(ServeError::Tls)?;
         }
-        let routes = Routes::new(service).add_service(envoy).add_service(health).add_service(reflection);
+        let routes = Routes::new(service)
+            .add_service(envoy)
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha);
         Ok(Self { builder, routes })
     }
 }
