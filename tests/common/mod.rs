@@ -3,6 +3,7 @@
 //! exactness checker over recorded decisions.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod gateway;
 pub mod pki;
 pub mod process;
 

