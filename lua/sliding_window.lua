@@ -11,7 +11,9 @@
 -- ARGV[k + 1]  check k, one string: '<c> <mode> <L1> <W1> [<L2> <W2> ...]', decimal integers
 --          separated by single spaces, where
 --   c       is its cost, 1 <= c <= every window's limit
---   mode    'consume' (count the request if it fits every window) or 'peek' (write nothing)
+--   mode    'consume' (count the request if it fits every window) or 'peek' (write nothing);
+--           or, for one request that names several keys, 'all' (count it only if every
+--           check of the call fits) or 'ask' (it must fit too, and is never counted)
 --   L1 W1   limit and window (ms) of the longest window, 1 <= L, 1 <= W < 2^52
 --   ...     up to 3 further windows, each shorter than the one before
 --          A batch's checks mostly have one policy and cost 1, so their strings are equal:
@@ -26,42 +28,36 @@
 -- two apart by the first value's type. A call with no keys, or not one argument per key,
 -- fails whole, before any check; so does any other Redis error (READONLY, OOM), which
 -- comes before any write. The caller assembles remaining, retry and reset from a
--- decision's values (src/domain/decision.rs), as the in-process store does. One flat array
--- rather than one per check, and one argument per check rather than 3 + 2n: Redis makes a
--- Lua string of every argument and converts every table of the reply; in batches of 16 this
--- layout cost Redis 31 % less per denial and 14 % less per allowed check (BENCHMARKS.md).
+-- decision's values (src/domain/decision.rs), as the in-process store does.
+-- A call with 'all' or 'ask' checks is one all-or-nothing decision: every check of it must
+-- be 'all' or 'ask', each of another key; each is decided as a peek, and only if every one
+-- fits are the 'all' checks counted (the reply: their counted decisions, else the peeks).
+-- A key that is not ours fails its check and then nothing is counted. Any other call
+-- with them fails whole, before any check.
 -- Needs Redis 6.2 or newer (SET ... KEEPTTL).
 --
--- Storage: one string per API key. A 40-byte header (little-endian): the ring's
--- capacity C (u32), its head (u32), the frontier hint (u32), the format
--- version (u32, 1), when the key expires (i64, Unix ms), its newest entry (i64, Unix ms) and
--- the mark (i64): the cutoff the hint was found at (Unix ms), or, when the hint is the
--- head (every slot inside the window), -2^52 minus the oldest slot's time, so that a full
--- ring's denial needs no slot read;
--- then C >= L slots of 8-byte little-endian Unix-ms timestamps: the times of the
--- last C allowed units, oldest at the head, in arrival order. A slot never used
--- holds 0, older than any window. C is the largest limit the key has had while it
--- lived: a lowered limit never drops history.
+-- Storage: one string per API key. A 40-byte header (little-endian): the ring's capacity C
+-- (u32), its head (u32), the frontier hint (u32), the format version (u32, 1), when the key
+-- expires (i64, Unix ms), its newest entry (i64, Unix ms) and the mark (i64): the cutoff the
+-- hint was found at (Unix ms), or, when the hint is the head (every slot inside the window),
+-- -2^52 minus the oldest slot's time, so that a full ring's denial needs no slot read; then
+-- C >= L slots of 8-byte Unix-ms timestamps, the times of the last C allowed units, oldest at
+-- the head. A slot never used holds 0, older than any window. C is the largest limit the
+-- key has had while it lived: a lowered limit never drops history.
 --
 -- Invariants (the exactness rule, on this clock, at millisecond resolution), for each
 -- window (L, W); every window reads the same history, since an allowed unit counts in all:
--- * a request of cost c fits iff slot C-L+c-1 (0 = oldest) is at least W old: then
---   at most L-c units were allowed in (now-W, now], so allowing c keeps every window
---   at or under L (never over), and no fitting request is denied (never under);
--- * it is allowed iff it fits every window, and then counts in all of them; a request
---   that does not fit one window consumes from none;
--- * a denial's retry_after is the largest (that slot + W - now) over the windows it does
---   not fit: only time frees capacity, so the same request is allowed then if nothing
---   else is (honest retry);
--- * time never runs backwards for a key: now is at least its newest entry, even after
---   a failover to a host with another clock;
--- * a raised limit grows the ring once with empty slots in front; a lowered one keeps
---   every entry, so no sequence of limit changes (or replicas with different limits)
---   can forget a counted unit; W is not stored, entries are times, so any W applies
---   to the same history;
--- * the key expires only after its newest entry has left the longest window it was
---   used with (the header's expiry only moves later), so expiry forgets no unit that
---   still counts.
+-- * a request of cost c fits iff slot C-L+c-1 (0 = oldest) is at least W old: then at most
+--   L-c units were allowed in (now-W, now], so allowing c keeps every window at or under L
+--   (never over), and no fitting request is denied (never under);
+-- * it is allowed iff it fits every window, and then counts in all of them;
+-- * a denial's retry_after is the largest (that slot + W - now) over the windows it does not
+--   fit: only time frees capacity, so the same request is allowed then (honest retry);
+-- * time never runs backwards for a key: now is at least its newest entry;
+-- * a raised limit grows the ring once with empty slots in front; a lowered one keeps every
+--   entry; W is not stored, entries are times, so any W applies to the same history;
+-- * the key expires only after its newest entry has left the longest window it was used
+--   with (the header's expiry only moves later).
 --
 -- Why the script reads and writes as it does (the frontier hint, galloping searches, the
 -- mark of a full ring, the TTL pushed out in steps of W/8): docs/design.md#the-algorithm.
@@ -295,7 +291,7 @@ local MALFORMED = 'ERR ratelimitd: invalid arguments: need the clock, then one a
 -- first, 1 <= cost <= every limit.
 local function parse(arg)
   local cost, mode, at = string.match(arg, '^(%d+) (%l+)()')
-  if not cost or (mode ~= 'consume' and mode ~= 'peek') then
+  if not cost or (mode ~= 'consume' and mode ~= 'peek' and mode ~= 'all' and mode ~= 'ask') then
     return false
   end
   local limits, windows, count, capacity, smallest = {}, {}, 0, 0, TAG
@@ -318,8 +314,15 @@ local function parse(arg)
     return false
   end
   -- slack: how long past its last needed moment a key may live; the TTL moves in these steps.
-  return {cost = cost, peek = mode == 'peek', count = count, limits = limits, windows = windows,
-          capacity = capacity, slack = floor(windows[1] / 8)}
+  local check = {cost = cost, peek = mode == 'peek' or mode == 'ask', count = count, limits = limits,
+                 windows = windows, capacity = capacity, slack = floor(windows[1] / 8),
+                 group = mode == 'all' or mode == 'ask'}
+  if check.group then
+    -- The same check as a peek, for the all-or-nothing call's first pass.
+    check.as_peek = {cost = cost, peek = true, count = count, limits = limits, windows = windows,
+                     capacity = capacity, slack = check.slack}
+  end
+  return check
 end
 
 if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
@@ -332,9 +335,28 @@ if not now then
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 
+-- Decides KEYS[k] by `check` at `at`: nil and the next position, or a failure string
+-- (written at `at`) and the next position. A Redis error other than WRONGTYPE (READONLY on
+-- a demoted master, OOM, ...) comes third, for the call to end with: such an error stops
+-- the call's first write, so nothing was written, and the caller must see what Redis said.
+local function decide_at(k, check, now, at)
+  local ok, result = pcall(decide, KEYS[k], check, now, at)
+  local failure = result
+  if not ok then
+    failure = type(result) == 'table' and result.err or tostring(result)
+    if string.sub(failure, 1, 9) ~= 'WRONGTYPE' then
+      return nil, at, failure
+    end
+  end
+  if failure then
+    out[at] = failure
+    return failure, at + 1
+  end
+  return nil, at + 3 + 2 * check.count
+end
+
 -- Each distinct argument is parsed once (Redis interns Lua strings: looking one up is cheap).
-local parsed = {}
-local at = 1
+local parsed, checks, grouped = {}, {}, 0
 for k = 1, #KEYS do
   local arg = ARGV[k + 1]
   local check = parsed[arg]
@@ -342,28 +364,61 @@ for k = 1, #KEYS do
     check = parse(arg)
     parsed[arg] = check
   end
-  local failure
-  if not check then
-    failure = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits and windows at least 1, windows below 2^52 ms, and 1 <= cost <= every limit'
-  else
-    -- A key of another type ends this check only. Any other error (READONLY on a demoted
-    -- master, OOM, ...) ends the whole call: such an error stops the call's first write, so
-    -- nothing was written, and the caller must see what Redis said (it reconnects on READONLY).
-    local ok, result = pcall(decide, KEYS[k], check, now, at)
-    if ok then
-      failure = result
-    else
-      failure = type(result) == 'table' and result.err or tostring(result)
-      if string.sub(failure, 1, 9) ~= 'WRONGTYPE' then
-        return redis.error_reply(failure)
+  checks[k] = check
+  if check and check.group then
+    grouped = grouped + 1
+  end
+end
+
+local GROUP_MALFORMED = 'ERR ratelimitd: invalid arguments: a call with "all" or "ask" checks must have only such checks, each of another key'
+
+if grouped > 0 then
+  -- One all-or-nothing decision: every check peeked; the 'all' ones counted only if all fit.
+  local seen_keys = {}
+  for k = 1, #KEYS do
+    if not checks[k] or not checks[k].group or seen_keys[KEYS[k]] then
+      return redis.error_reply(GROUP_MALFORMED)
+    end
+    seen_keys[KEYS[k]] = true
+  end
+  local positions, at, fits = {}, 1, true
+  for k = 1, #KEYS do
+    positions[k] = at
+    local failure, fatal
+    failure, at, fatal = decide_at(k, checks[k].as_peek, now, at)
+    if fatal then
+      return redis.error_reply(fatal)
+    end
+    if failure or out[positions[k]] == 0 then
+      fits = false
+    end
+  end
+  if fits then
+    for k = 1, #KEYS do
+      if not checks[k].peek then
+        -- The same decision as the peek (same clock, nothing written in between), now counted.
+        local _, _, fatal = decide_at(k, checks[k], now, positions[k])
+        if fatal then
+          return redis.error_reply(fatal)
+        end
       end
     end
   end
-  if failure then
-    out[at] = failure
+  return out
+end
+
+local at = 1
+for k = 1, #KEYS do
+  local check = checks[k]
+  if not check then
+    out[at] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits and windows at least 1, windows below 2^52 ms, and 1 <= cost <= every limit'
     at = at + 1
   else
-    at = at + 3 + 2 * check.count
+    local _, fatal
+    _, at, fatal = decide_at(k, check, now, at)
+    if fatal then
+      return redis.error_reply(fatal)
+    end
   end
 end
 return out

@@ -189,3 +189,42 @@ async fn three_replicas_one_exact_limit_through_envoy_and_our_api() {
         assert_eq!(remaining, (0..LIMIT).collect::<Vec<_>>(), "{key}: exactly the limit, each unit counted once");
     }
 }
+
+/// Requests naming two keys, 64 at once through two replicas on one Redis (and one on
+/// the in-process store): a request answered OVER_LIMIT counts in neither key, so the
+/// wide key counts exactly the requests answered OK, and the narrow key its limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_over_the_limit_counts_in_no_key_even_under_concurrency() {
+    for backend in [Backend::memory(), Backend::redis().await] {
+        let replicas = if backend.redis.is_some() { 2 } else { 1 };
+        let mut servers = Vec::new();
+        for _ in 0..replicas {
+            let server = backend.server(1000, "60s").await;
+            server.set_override("narrow", 20, Duration::from_secs(60));
+            servers.push(server);
+        }
+        let mut tasks = Vec::new();
+        for caller in 0..64 {
+            let mut client = envoy(&servers[caller % replicas]).await;
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0;
+                for _ in 0..8 {
+                    let both = vec![descriptor(&[("api_key", "wide")]), descriptor(&[("api_key", "narrow")])];
+                    let response = client.should_rate_limit(request(both, 1)).await.expect("a decision");
+                    ok += usize::from(response.into_inner().overall_code == Code::Ok as i32);
+                }
+                ok
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            ok += task.await.unwrap();
+        }
+        let wide = peek(&mut servers[0].client().await, "wide", 1).await;
+        let counted_wide = 1000 - (wide.remaining + 1) as usize;
+        let store = if replicas == 2 { "Redis" } else { "in-process" };
+        println!("{store}: 512 requests on two keys, {ok} OK; the wide key counted {counted_wide}");
+        assert_eq!(ok, 20, "the narrow key admits exactly its limit");
+        assert_eq!(counted_wide, ok, "a request answered OVER_LIMIT counted in the wide key");
+    }
+}

@@ -280,3 +280,59 @@ async fn a_key_at_its_limit_is_denied_from_its_header_alone() {
     assert!(decide(start + 60_000).await.allowed);
     assert!(!decide(start + 60_000).await.allowed);
 }
+
+/// A call of 'all' and 'ask' checks is one request over several keys: counted in every
+/// key only if every check fits, in none otherwise; 'ask' checks must fit and never
+/// count; a key that is not ours fails its check and then nothing counts; a call that
+/// mixes them with other checks, or names a key twice, fails whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_all_or_nothing_call_counts_in_every_key_or_in_none() {
+    use ratelimitd::domain::Window;
+    use ratelimitd::store::redis::script::{group_invocation, invocation, replies_of};
+
+    let backend = Backend::redis().await;
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let five = Limits::new(&[Window::new(5, Duration::from_secs(60)).unwrap()]).unwrap();
+    let two = Limits::new(&[Window::new(2, Duration::from_secs(60)).unwrap()]).unwrap();
+    let mut conn2 = conn.clone();
+    let mut group = async |checks: &[Check<'_>]| {
+        let values: Vec<redis::Value> = group_invocation(&script, checks, None).invoke_async(&mut conn).await.unwrap();
+        let replies = replies_of(checks, values).unwrap();
+        replies.iter().map(|r| r.as_ref().map(|reply| reply.allowed()).ok()).collect::<Vec<_>>()
+    };
+    let both = [check(b"wide", &five, 1, Mode::Consume), check(b"narrow", &two, 1, Mode::Consume)];
+    assert_eq!(group(&both).await, [Some(true), Some(true)]);
+    assert_eq!(group(&both).await, [Some(true), Some(true)], "narrow is now full");
+    assert_eq!(group(&both).await, [Some(true), Some(false)], "denied by narrow: wide's own answer is allowed");
+    let asked = [check(b"wide", &five, 3, Mode::Peek), check(b"other", &five, 1, Mode::Consume)];
+    assert_eq!(group(&asked).await, [Some(true), Some(true)], "an ask fits and counts nothing");
+
+    let remaining = async |conn: &mut redis::aio::MultiplexedConnection, key: &'static [u8], limits: &Limits| {
+        let peek = [check(key, limits, 1, Mode::Peek)];
+        let values: Vec<redis::Value> = invocation(&script, &peek, None).invoke_async(conn).await.unwrap();
+        let reply = replies_of(&peek, values).unwrap().pop().unwrap().expect("a decision");
+        reply.values()[3]
+    };
+    assert_eq!(remaining(&mut conn2, b"wide", &five).await, 3, "wide counted twice, not by the denied call");
+    assert_eq!(remaining(&mut conn2, b"narrow", &two).await, 0);
+
+    let () = redis::cmd("HSET").arg("not-ours").arg("f").arg("v").query_async(&mut conn2).await.unwrap();
+    let with_wrong_type = [check(b"fresh", &five, 1, Mode::Consume), check(b"not-ours", &five, 1, Mode::Consume)];
+    assert_eq!(group(&with_wrong_type).await, [Some(true), None]);
+    assert_eq!(remaining(&mut conn2, b"fresh", &five).await, 5, "nothing counted when one key cannot be decided");
+
+    for malformed in [
+        vec![check(b"a", &five, 1, Mode::Consume), check(b"a", &five, 1, Mode::Consume)],
+        vec![check(b"a", &five, 9, Mode::Consume), check(b"b", &five, 1, Mode::Consume)],
+    ] {
+        let result: Result<redis::Value, _> =
+            group_invocation(&script, &malformed, None).invoke_async(&mut conn2).await;
+        assert!(result.is_err(), "{malformed:?} must fail whole");
+    }
+    let mut mixed = script.prepare_invoke();
+    mixed.arg("").key("m1").arg("1 all 5 60000").key("m2").arg("1 consume 5 60000");
+    assert!(mixed.invoke_async::<redis::Value>(&mut conn2).await.is_err(), "all mixed with consume fails whole");
+    let exists: u32 = redis::cmd("EXISTS").arg("a").arg("b").arg("m1").arg("m2").query_async(&mut conn2).await.unwrap();
+    assert_eq!(exists, 0, "a call that failed whole wrote nothing");
+}

@@ -12,6 +12,7 @@ pub mod multi;
 use breaker::{Breaker, BreakerState};
 pub use deny_cache::DenyCache;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -160,31 +161,40 @@ impl<S: Store> Limiter<S> {
     /// Decides a validated request.
     pub async fn decide(&self, checked: Checked, mode: Mode) -> Result<Verdict, CheckError> {
         let started = Instant::now();
-        let Checked { key, resolved, cost } = checked;
-        let limits = &resolved.policy.limits;
-        let result = match self.deny_cache.as_ref().and_then(|cache| cache.lookup(&key, limits, cost)) {
+        let (key, limits, cost) = (checked.key, checked.resolved.policy.limits, checked.cost);
+        let result = match self.deny_cache.as_ref().and_then(|cache| cache.lookup(&key, &limits, cost)) {
             Some(cached) => {
                 metrics::deny_cache_hit();
                 Ok(cached)
             }
-            None => self.ask_store(&key, limits, cost, mode).await,
+            None => self.ask_store(&key, &limits, cost, mode).await,
         };
-        let (result, fallback) = match result {
+        let answer = match result {
             Err(CheckError::Store(error)) => {
-                let failure = resolved.policy.failure;
-                (Ok(self.fall_back(&key, limits, cost, mode, failure).await), Some((failure, error)))
+                let failure = checked.resolved.policy.failure;
+                Answer::FellBack(self.fall_back(&key, &limits, cost, mode, failure).await, failure, error)
             }
-            other => (other, None),
+            Err(e) => return Err(e),
+            Ok(decision) => Answer::Store(decision),
+        };
+        Ok(self.verdict(checked, mode, answer, started))
+    }
+
+    /// The verdict on `checked` from its answer, with the metrics, the throttled-keys
+    /// report and shadow mode applied.
+    fn verdict(&self, checked: Checked, mode: Mode, answer: Answer, started: Instant) -> Verdict {
+        let Checked { key, resolved, cost } = checked;
+        let (mut decision, fallback) = match answer {
+            Answer::Store(decision) => (decision, None),
+            Answer::FellBack(decision, failure, error) => (decision, Some((failure, error))),
         };
         let shadow = resolved.policy.shadow;
-        let outcome = match &result {
-            Ok(d) if d.allowed => CheckResult::Allowed,
+        let outcome = match &decision {
+            d if d.allowed => CheckResult::Allowed,
             // A failure mode's denial is not the policy's: shadow mode does not lift it.
-            Ok(_) if shadow && fallback.is_none() => CheckResult::ShadowDenied,
-            Ok(_) => CheckResult::Denied,
-            Err(_) => CheckResult::Error,
+            _ if shadow && fallback.is_none() => CheckResult::ShadowDenied,
+            _ => CheckResult::Denied,
         };
-        let mut decision = result?;
         if mode == Mode::Consume {
             metrics::check_done(resolved.overridden, cost, outcome, started.elapsed());
             // Only the store's denials say a key is throttled; a failure mode's say Redis is down.
@@ -203,7 +213,7 @@ impl<S: Store> Limiter<S> {
             tracing::debug!(key = %key, %error, failure = failure.as_str(), "answered by the failure mode");
             failure
         });
-        Ok(Verdict { decision, policy: resolved.policy, alias: resolved.alias, shadow_denied, fallback })
+        Verdict { decision, policy: resolved.policy, alias: resolved.alias, shadow_denied, fallback }
     }
 
     /// Whether the store answered last time (a call or a health probe).
@@ -227,14 +237,23 @@ impl<S: Store> Limiter<S> {
         cost: u32,
         mode: Mode,
     ) -> Result<Decision, CheckError> {
+        let sent = Instant::now();
+        let decision = self.call_store(self.store.check(key, limits, cost, mode)).await?;
+        if let Some(cache) = &self.deny_cache {
+            cache.remember(key, limits, cost, sent, &decision);
+        }
+        Ok(decision)
+    }
+
+    /// Makes one store call under the circuit breaker, and notes whether the store answered.
+    async fn call_store<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, CheckError> {
         let Some(attempt) = self.breaker.attempt() else {
             return Err(
                 StoreError::Unavailable("the circuit breaker is open: the store failed repeatedly".into()).into()
             );
         };
         let _in_flight = InFlight::start();
-        let sent = Instant::now();
-        let result = self.store.check(key, limits, cost, mode).await;
+        let result = call.await;
         let transient = matches!(&result, Err(e) if e.is_transient());
         if let Some(state) = attempt.finish(transient) {
             metrics::breaker_open(state == BreakerState::Open);
@@ -248,20 +267,15 @@ impl<S: Store> Limiter<S> {
             }
         }
         match &result {
-            Ok(decision) => {
-                self.note_store_health(true);
-                if let Some(cache) = &self.deny_cache {
-                    cache.remember(key, limits, cost, sent, decision);
-                }
-            }
+            Ok(_) => self.note_store_health(true),
             Err(e) if e.is_transient() => {
                 // Counted in the metrics; the breaker logs when it opens, so an outage
                 // under load does not write a line per call.
-                tracing::debug!(key = %key, error = %e, "store call failed");
+                tracing::debug!(error = %e, "store call failed");
                 self.note_store_health(false);
             }
             Err(e) => {
-                tracing::warn!(key = %key, error = %e, "store call failed");
+                tracing::warn!(error = %e, "store call failed");
                 self.note_store_health(true);
             }
         }
@@ -272,6 +286,13 @@ impl<S: Store> Limiter<S> {
         validate_key(key_id)?;
         Ok(self.fingerprinter.fingerprint(key_id))
     }
+}
+
+/// Where a decision came from: the store (or a denial it proved), or the policy's
+/// failure mode because the store failed with this error.
+enum Answer {
+    Store(Decision),
+    FellBack(Decision, FailureMode, StoreError),
 }
 
 /// Records the key's fingerprint in the current span and checks the cost against its policy.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Store, StoreError};
+use super::{KeyCheck, Store, StoreError};
 use crate::domain::{Decision, Fingerprint, Limits, Mode, Ring};
 use crate::sync::lock;
 
@@ -49,37 +49,38 @@ impl MemoryStore {
     }
 
     fn shard(&self, key: &Fingerprint) -> &Mutex<HashMap<Fingerprint, Entry>> {
-        // Fingerprints are uniformly distributed, so any byte picks a shard fairly.
-        &self.shards[key.as_bytes()[0] as usize % SHARDS]
+        &self.shards[shard_of(key)]
     }
 }
 
 impl Store for MemoryStore {
     async fn check(&self, key: &Fingerprint, limits: &Limits, cost: u32, mode: Mode) -> Result<Decision, StoreError> {
+        Ok(decide_in(&mut lock(self.shard(key)), key, limits, cost, mode, now_ms()))
+    }
+
+    /// Atomic: every key's shard is locked (in shard order, so two requests cannot wait
+    /// on each other) while all are peeked and, if every one fits, counted.
+    async fn check_all(&self, checks: &[KeyCheck<'_>]) -> Result<Vec<Decision>, StoreError> {
         let now = now_ms();
-        let mut map = lock(self.shard(key));
-        if mode == Mode::Peek {
-            // A peek writes nothing: it decides on a copy (or an empty ring).
-            let mut ring = match map.get(key) {
-                Some(entry) if entry.expires_at > now => entry.ring.clone(),
-                _ => Ring::new(limits.capacity()),
-            };
-            return Ok(ring.check(now, limits, cost, mode));
+        let mut shards: Vec<usize> = checks.iter().map(|c| shard_of(c.key)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let mut maps: Vec<_> = shards.iter().map(|&i| lock(&self.shards[i])).collect();
+        let map_of = |key: &Fingerprint| shards.binary_search(&shard_of(key)).unwrap_or(0);
+        let mut decisions = Vec::with_capacity(checks.len());
+        for c in checks {
+            let map = &mut maps[map_of(c.key)];
+            decisions.push(decide_in(map, c.key, c.limits, c.cost, Mode::Peek, now));
         }
-        let fresh = || Entry { ring: Ring::new(limits.capacity()), expires_at: 0 };
-        // Expired history counts for nothing, as a Redis key past its TTL.
-        let entry = map
-            .entry(*key)
-            .and_modify(|entry| {
-                if entry.expires_at <= now {
-                    *entry = fresh();
+        if decisions.iter().all(|d| d.allowed) {
+            for (c, decision) in checks.iter().zip(&mut decisions) {
+                if c.mode == Mode::Consume {
+                    let map = &mut maps[map_of(c.key)];
+                    *decision = decide_in(map, c.key, c.limits, c.cost, Mode::Consume, now);
                 }
-            })
-            .or_insert_with(fresh);
-        let decision = entry.ring.check(now, limits, cost, mode);
-        // As the script's expiry: the newest unit plus the longest window seen.
-        entry.expires_at = entry.expires_at.max(entry.ring.newest() + limits.longest_ms());
-        Ok(decision)
+            }
+        }
+        Ok(decisions)
     }
 
     /// Drops every key whose history has left its window, so memory stays bounded
@@ -95,6 +96,44 @@ impl Store for MemoryStore {
         }
         evicted
     }
+}
+
+/// Fingerprints are uniformly distributed, so any byte picks a shard fairly.
+fn shard_of(key: &Fingerprint) -> usize {
+    key.as_bytes()[0] as usize % SHARDS
+}
+
+/// Decides one check at `now` in its shard's map.
+fn decide_in(
+    map: &mut HashMap<Fingerprint, Entry>,
+    key: &Fingerprint,
+    limits: &Limits,
+    cost: u32,
+    mode: Mode,
+    now: u64,
+) -> Decision {
+    if mode == Mode::Peek {
+        // A peek writes nothing: it decides on a copy (or an empty ring).
+        let mut ring = match map.get(key) {
+            Some(entry) if entry.expires_at > now => entry.ring.clone(),
+            _ => Ring::new(limits.capacity()),
+        };
+        return ring.check(now, limits, cost, mode);
+    }
+    let fresh = || Entry { ring: Ring::new(limits.capacity()), expires_at: 0 };
+    // Expired history counts for nothing, as a Redis key past its TTL.
+    let entry = map
+        .entry(*key)
+        .and_modify(|entry| {
+            if entry.expires_at <= now {
+                *entry = fresh();
+            }
+        })
+        .or_insert_with(fresh);
+    let decision = entry.ring.check(now, limits, cost, mode);
+    // As the script's expiry: the newest unit plus the longest window seen.
+    entry.expires_at = entry.expires_at.max(entry.ring.newest() + limits.longest_ms());
+    decision
 }
 
 fn now_ms() -> u64 {

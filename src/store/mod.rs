@@ -28,6 +28,16 @@ pub trait Store: Send + Sync + 'static {
         mode: Mode,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
 
+    /// Decides one request that names several keys (each of another key) as one: its
+    /// [`Mode::Consume`] checks are counted only if every check fits, and then all of
+    /// them are. Returns a decision per check: the counted ones if every check fit, else
+    /// what each would answer, with nothing counted. This default asks each key twice
+    /// (peek, then count), so a concurrent request can come between the two; a store
+    /// that can decide them atomically overrides it.
+    fn check_all(&self, checks: &[KeyCheck<'_>]) -> impl Future<Output = Result<Vec<Decision>, StoreError>> + Send {
+        peek_then_count(self, checks)
+    }
+
     /// Checks that the store answers, for its health while no checks arrive.
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }
@@ -38,6 +48,35 @@ pub trait Store: Send + Sync + 'static {
     fn evict_idle(&self) -> usize {
         0
     }
+}
+
+/// [`Store::check_all`] in two steps: every check peeked, then, if all fit, the
+/// consume checks counted. Not atomic: a concurrent request can come between the two.
+pub async fn peek_then_count<S: Store + ?Sized>(
+    store: &S,
+    checks: &[KeyCheck<'_>],
+) -> Result<Vec<Decision>, StoreError> {
+    let mut decisions = Vec::with_capacity(checks.len());
+    for c in checks {
+        decisions.push(store.check(c.key, c.limits, c.cost, Mode::Peek).await?);
+    }
+    if decisions.iter().all(|d| d.allowed) {
+        for (c, decision) in checks.iter().zip(&mut decisions) {
+            if c.mode == Mode::Consume {
+                *decision = store.check(c.key, c.limits, c.cost, c.mode).await?;
+            }
+        }
+    }
+    Ok(decisions)
+}
+
+/// One check of a request that names several keys ([`Store::check_all`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyCheck<'a> {
+    pub key: &'a Fingerprint,
+    pub limits: &'a Limits,
+    pub cost: u32,
+    pub mode: Mode,
 }
 
 /// A store failure. Transient ones (the store is unreachable or slow) may succeed

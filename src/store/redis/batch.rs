@@ -104,7 +104,7 @@ impl Batches {
             .iter()
             .map(|p| Check { key: p.key.as_slice(), limits: &p.limits, cost: p.cost, mode: p.mode })
             .collect();
-        let replies = self.lanes.bounded(lane, self.lanes.eval(lane, &checks)).await;
+        let replies = self.lanes.bounded(lane, self.lanes.eval(lane, &checks, false)).await;
         match replies {
             Ok(replies) => {
                 for (check, reply) in batch.into_iter().zip(replies) {

@@ -13,7 +13,7 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::RwLock;
 
 use super::connect::{Conn, Pooled, Pools};
-use super::script::{Check, Reply, invocation, replies_of};
+use super::script::{Check, Reply, group_invocation, invocation, replies_of};
 use crate::store::StoreError;
 
 thread_local! {
@@ -69,15 +69,17 @@ impl Lanes {
         }
     }
 
-    /// One script call deciding `checks` in order: one reply per check, or the
-    /// call's failure.
+    /// One script call deciding `checks` in order (with `group`, as one all-or-nothing
+    /// request): one reply per check, or the call's failure.
     pub(super) async fn eval(
         &self,
         lane: usize,
         checks: &[Check<'_>],
+        group: bool,
     ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
         let mut conn = self.connection(lane).await?;
-        let invocation = invocation(&self.script, checks, None);
+        let invocation =
+            if group { group_invocation(&self.script, checks, None) } else { invocation(&self.script, checks, None) };
         match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
             Ok(replies) => replies_of(checks, replies),
             Err(e) => Err(self.failed(e)),

@@ -24,7 +24,7 @@ use self::connect::Pools;
 use self::lanes::Lanes;
 pub use self::options::{RedisEndpoint, RedisOptions, RedisTls};
 use self::script::{Check, Reply, decode};
-use super::{Store, StoreError};
+use super::{KeyCheck, Store, StoreError, peek_then_count};
 use crate::domain::{Decision, Fingerprint, Limits, Mode};
 use crate::metrics;
 
@@ -34,6 +34,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RedisStore {
     batches: Arc<Batches>,
     key_prefix: String,
+    /// Redis Cluster: keys of one request may live on different nodes.
+    cluster: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -58,7 +60,8 @@ impl RedisStore {
         let lanes = Lanes::new(pools, connections, script::script(), options.timeout, cluster);
         // Redis Cluster gets one check per call: a batch's keys would have to share a slot.
         let batch = if cluster { 1 } else { options.batch };
-        Ok(Self { batches: Arc::new(Batches::new(lanes, connections, batch)), key_prefix: options.key_prefix })
+        let batches = Arc::new(Batches::new(lanes, connections, batch));
+        Ok(Self { batches, key_prefix: options.key_prefix, cluster })
     }
 
     /// Makes this thread's checks use one connection, `worker` mod `connections`. A
@@ -115,8 +118,27 @@ impl RedisStore {
     async fn alone(&self, lane: usize, check: Check<'_>) -> Result<Reply, StoreError> {
         metrics::redis_batch(1);
         let lanes = &self.batches.lanes;
-        let mut replies = lanes.bounded(lane, lanes.eval(lane, &[check])).await?;
+        let mut replies = lanes.bounded(lane, lanes.eval(lane, &[check], false)).await?;
         replies.pop().unwrap_or_else(|| Err(StoreError::Failed("no reply".into())))
+    }
+
+    /// One request's keys decided in one script call, all or nothing (see the script's
+    /// header): its own call, not batched with other checks.
+    async fn group(&self, checks: &[KeyCheck<'_>]) -> Result<Vec<Decision>, StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.check_lane();
+        let names: Vec<Vec<u8>> = checks.iter().map(|c| self.key_name(c.key)).collect();
+        let calls: Vec<Check<'_>> = checks
+            .iter()
+            .zip(&names)
+            .map(|(c, name)| Check { key: name, limits: c.limits, cost: c.cost, mode: c.mode })
+            .collect();
+        metrics::redis_batch(calls.len());
+        let started = Instant::now();
+        let replies = lanes.bounded(lane, lanes.eval(lane, &calls, true)).await;
+        metrics::redis_call(started.elapsed(), replies.as_ref().err().map(StoreError::kind));
+        let replies = replies?;
+        checks.iter().zip(replies).map(|(c, reply)| decode(c.limits, c.cost, &reply?)).collect()
     }
 }
 
@@ -132,6 +154,13 @@ impl Store for RedisStore {
         };
         metrics::redis_call(started.elapsed(), reply.as_ref().err().map(StoreError::kind));
         decode(limits, cost, &reply?)
+    }
+
+    /// Atomic where the keys share one Redis (one server, Sentinel): one script call.
+    /// On Redis Cluster the keys may live on different nodes, so each is peeked, then
+    /// counted (the trait's default): a concurrent request can come between the two.
+    async fn check_all(&self, checks: &[KeyCheck<'_>]) -> Result<Vec<Decision>, StoreError> {
+        if self.cluster { peek_then_count(self, checks).await } else { self.group(checks).await }
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

@@ -51,6 +51,21 @@ impl Reply {
 /// The script call deciding `checks` in order; `clock` is Unix ms, or `None` for
 /// Redis's clock.
 pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u64>) -> ScriptInvocation<'s> {
+    invoke(script, checks, clock, mode_arg)
+}
+
+/// The script call deciding `checks` (each of another key) as one request: the consume
+/// checks are counted only if every check fits, and then all of them are.
+pub fn group_invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u64>) -> ScriptInvocation<'s> {
+    invoke(script, checks, clock, group_arg)
+}
+
+fn invoke<'s>(
+    script: &'s Script,
+    checks: &[Check<'_>],
+    clock: Option<u64>,
+    word: fn(Mode) -> &'static str,
+) -> ScriptInvocation<'s> {
     let mut invocation = script.prepare_invoke();
     match clock {
         Some(ms) => invocation.arg(ms),
@@ -63,7 +78,7 @@ pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u6
     for check in checks {
         let shape = (check.limits, check.cost, check.mode);
         if written != Some(shape) {
-            write_check_arg(&mut arg, check.limits, check.cost, check.mode);
+            write_check_arg(&mut arg, check.limits, check.cost, word(check.mode));
             written = Some(shape);
         }
         invocation.key(check.key).arg(arg.as_slice());
@@ -73,11 +88,11 @@ pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u6
 
 /// Makes `arg` a check's one script argument: `<cost> <mode> <L1> <W1> ...`, longest
 /// window first.
-pub fn write_check_arg(arg: &mut Vec<u8>, limits: &Limits, cost: u32, mode: Mode) {
+pub fn write_check_arg(arg: &mut Vec<u8>, limits: &Limits, cost: u32, word: &str) {
     use std::io::Write as _;
     arg.clear();
     // Writing to a Vec cannot fail.
-    let _ = write!(arg, "{cost} {}", mode_arg(mode));
+    let _ = write!(arg, "{cost} {word}");
     for window in limits.windows() {
         let _ = write!(arg, " {} {}", window.limit(), window.window_ms());
     }
@@ -138,6 +153,14 @@ pub fn mode_arg(mode: Mode) -> &'static str {
     }
 }
 
+/// The `mode` argument of a check of an all-or-nothing call.
+fn group_arg(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Consume => "all",
+        Mode::Peek => "ask",
+    }
+}
+
 /// Turns the script's reply into a decision, as the in-process store does.
 pub fn decode(limits: &Limits, cost: u32, reply: &Reply) -> Result<Decision, StoreError> {
     let (windows, reply) = (limits.windows().len(), reply.values());
@@ -164,7 +187,7 @@ mod tests {
 
     use redis::Value;
 
-    use super::{Check, replies_of, write_check_arg};
+    use super::{Check, mode_arg, replies_of, write_check_arg};
     use crate::domain::{Limits, Mode, Window};
     use crate::store::StoreError;
 
@@ -177,10 +200,10 @@ mod tests {
     #[test]
     fn a_check_is_one_argument_longest_window_first() {
         let mut arg = b"left over".to_vec();
-        write_check_arg(&mut arg, &two_windows(), 3, Mode::Peek);
+        write_check_arg(&mut arg, &two_windows(), 3, mode_arg(Mode::Peek));
         assert_eq!(arg, b"3 peek 300 60000 20 1000");
         let one = Limits::single(5, Duration::from_millis(1500)).unwrap();
-        write_check_arg(&mut arg, &one, 1, Mode::Consume);
+        write_check_arg(&mut arg, &one, 1, mode_arg(Mode::Consume));
         assert_eq!(arg, b"1 consume 5 1500");
     }
 
