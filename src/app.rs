@@ -25,6 +25,8 @@ pub enum AppError {
     Serve(#[from] ServeError),
     #[error("the metrics endpoint failed: {0}")]
     MetricsEndpoint(std::io::Error),
+    #[error("the HTTP API failed: {0}")]
+    Http(std::io::Error),
 }
 
 /// The already-bound sockets to serve on (tests bind port 0).
@@ -32,6 +34,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// `None` serves no `/metrics` (metrics are still recorded).
     pub metrics: Option<TcpListener>,
+    /// The HTTP API's; `None` serves none.
+    pub http: Option<TcpListener>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight calls
@@ -63,14 +67,15 @@ pub async fn run(
     let served = match &config.store {
         StoreConfig::Memory => {
             tracing::warn!("no --redis-url: using the in-process store, so limits are per process, not shared");
-            serve(limiter(MemoryStore::new(), &config, throttled), listeners.grpc, &config, &drain).await
+            let limiter = limiter(MemoryStore::new(), &config, throttled);
+            serve(limiter, listeners.grpc, listeners.http, &config, &drain).await
         }
         StoreConfig::Redis(options) => {
             let mut limiter = limiter(redis_store(options.clone(), &config).await?, &config, throttled);
             if config.deny_cache {
                 limiter = limiter.with_deny_cache();
             }
-            serve(limiter, listeners.grpc, &config, &drain).await
+            serve(limiter, listeners.grpc, listeners.http, &config, &drain).await
         }
     };
     if let Some(endpoint) = endpoint {
@@ -104,14 +109,29 @@ async fn redis_store(options: crate::store::redis::RedisOptions, config: &Config
     Ok(store)
 }
 
-/// Serves the limiter, with its housekeeping, until the drain is done.
+/// Serves the limiter over gRPC (and HTTP if it has a listener), with its
+/// housekeeping, until the drain is done.
 async fn serve<S: Store>(
     limiter: Limiter<S>,
-    listener: TcpListener,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
     config: &Config,
     drain: &Drain,
 ) -> Result<(), AppError> {
     let limiter = Arc::new(limiter);
     let _housekeeping = Task::spawn(housekeeping::run(Arc::downgrade(&limiter)));
-    Ok(server::serve(listener, limiter, config, drain).await?)
+    let http = http.map(|listener| {
+        let router = crate::http::router(limiter.clone(), config.http_key_header.clone());
+        tokio::spawn(server::http::serve(listener, router, drain.clone()))
+    });
+    let served = server::serve(grpc, limiter, config, drain).await;
+    if let Some(mut http) = http {
+        // The drain is closing now: in-flight HTTP requests finish within the grace period.
+        match tokio::time::timeout(config.shutdown_grace, &mut http).await {
+            Ok(Ok(Err(e))) => return Err(AppError::Http(e)),
+            Ok(_) => {}
+            Err(_) => http.abort(),
+        }
+    }
+    Ok(served?)
 }

@@ -9,8 +9,9 @@
 //!    (one atomic call of `lua/sliding_window.lua` decides a batch of checks).
 //! 4. [`limiter`]: the service: validation, policy lookup, the deny cache, the circuit
 //!    breaker, failure modes, all-or-nothing decisions over several keys, housekeeping.
-//! 5. Adapters: [`grpc`] (our API, Envoy's, health, reflection) and [`config`] (the
-//!    command line, the limits file and its reload).
+//! 5. Adapters: [`grpc`] (our API, Envoy's, health, reflection), [`http`] (JSON and
+//!    forward authentication for gateways without gRPC) and [`config`] (the command line,
+//!    the limits file and its reload).
 //! 6. [`server`]: worker threads, the gRPC router, the `/metrics` endpoint, draining.
 //! 7. [`app`]: wiring; `run` takes bound listeners and a shutdown future, so tests
 //!    serve on port 0 and stop on demand.
@@ -21,6 +22,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod limiter;
 pub mod metrics;
 pub mod server;

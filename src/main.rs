@@ -51,7 +51,11 @@ async fn bind(config: &Config) -> Result<Listeners, String> {
     };
     let grpc = bind("--listen", config.listen).await?;
     let metrics = bind("--metrics-listen", config.metrics_listen).await?;
-    Ok(Listeners { grpc, metrics: Some(metrics) })
+    let http = match config.http_listen {
+        Some(addr) => Some(bind("--http-listen", addr).await?),
+        None => None,
+    };
+    Ok(Listeners { grpc, metrics: Some(metrics), http })
 }
 
 /// `ratelimitd fingerprint`: reads a key on stdin, prints its fingerprint.

@@ -14,6 +14,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("store", 3),
     ("limiter", 4),
     ("grpc", 5),
+    ("http", 5),
     ("config", 5),
     ("server", 6),
     ("app", 7),

@@ -24,6 +24,16 @@ pub struct Cli {
     #[arg(long, env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the HTTP API, for gateways that do not speak gRPC: POST /v1/check and
+    /// /v1/peek (JSON), and forward authentication at /v1/auth (nginx auth_request, Traefik
+    /// ForwardAuth). Off unless given.
+    #[arg(long, env = "RATELIMITD_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// The request header holding the API key for forward authentication (/v1/auth).
+    #[arg(long, env = "RATELIMITD_HTTP_KEY_HEADER", default_value = "x-api-key")]
+    pub http_key_header: String,
+
     /// Address of the Prometheus endpoint, GET /metrics.
     #[arg(long, env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,

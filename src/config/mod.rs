@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderName;
+
 use self::cli::Cli;
 pub use self::cli::LogFormat;
 use self::limits::LimitsError;
@@ -26,6 +28,10 @@ pub struct Config {
     /// Event-loop threads serving gRPC (at least 1).
     pub worker_threads: usize,
     pub metrics_listen: SocketAddr,
+    /// The HTTP API's address; `None` serves none.
+    pub http_listen: Option<SocketAddr>,
+    /// The header forward authentication reads the API key from.
+    pub http_key_header: HeaderName,
     pub store: StoreConfig,
     /// The live policies; replacing them changes limits without a restart.
     pub policies: SharedPolicies,
@@ -118,6 +124,8 @@ pub enum ConfigError {
     LimitsPollInterval(Duration),
     #[error("--envoy-api-key-entry must not be empty")]
     EnvoyApiKeyEntry,
+    #[error("--http-key-header must be an HTTP header name (letters, digits and -), got {0:?}")]
+    HttpKeyHeader(String),
     #[error(
         "fingerprint needs the secret the service uses: --fingerprint-secret, --fingerprint-secret-file \
          or RATELIMITD_FINGERPRINT_SECRET"
@@ -168,6 +176,8 @@ impl Config {
         if cli.envoy_api_key_entry.is_empty() {
             return Err(ConfigError::EnvoyApiKeyEntry);
         }
+        let http_key_header = HeaderName::try_from(cli.http_key_header.to_ascii_lowercase())
+            .map_err(|_| ConfigError::HttpKeyHeader(cli.http_key_header.clone()))?;
         if cli.request_timeout < Duration::from_millis(10) || cli.request_timeout > Duration::from_secs(3600) {
             return Err(ConfigError::RequestTimeout(cli.request_timeout));
         }
@@ -182,6 +192,8 @@ impl Config {
             request_timeout: cli.request_timeout,
             worker_threads,
             metrics_listen: cli.metrics_listen,
+            http_listen: cli.http_listen,
+            http_key_header,
             store,
             policies: SharedPolicies::new(policies),
             limits_file,
@@ -315,76 +327,4 @@ fn read_secret(cli: &Cli) -> Result<Option<Vec<u8>>, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        Config::from_cli(Cli::try_parse_from([&["ratelimitd"], args].concat()).expect("flags parse"))
-    }
-
-    #[test]
-    fn defaults_to_300_per_minute_in_process() {
-        let config = parse(&[]).unwrap();
-        assert!(matches!(config.store, StoreConfig::Memory));
-        let policy = config.policies.current().default.limits.windows()[0];
-        assert_eq!((policy.limit(), policy.window_ms()), (300, 60_000));
-    }
-
-    #[test]
-    fn bad_values_name_their_flag() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["--limit", "0"], "--limit"),
-            (&["--window", "0s"], "--window"),
-            (&["--window", "1500us"], "--window"),
-            (&["--redis-url", "redis://h:6379"], "--fingerprint-secret"),
-            (&["--redis-url", "http://user:hunter2@h", "--fingerprint-secret", "s"], "--redis-url"),
-            (
-                &["--redis-url", "redis://user:hunter2@h", "--fingerprint-secret", "s", "--redis-ca-file", "/x"],
-                "--redis-ca-file",
-            ),
-            (
-                &["--redis-url", "rediss://u:hunter2@h", "--fingerprint-secret", "s", "--redis-ca-file", "/x"],
-                "--redis-ca-file",
-            ),
-            (&["--redis-url", "redis://h", "--fingerprint-secret", "s", "--redis-timeout", "0s"], "--redis-timeout"),
-            (&["--fingerprint-secret", ""], "--fingerprint-secret"),
-            (&["--fingerprint-secret-file", "/nonexistent/secret"], "--fingerprint-secret-file"),
-            (&["--throttled-interval", "10ms"], "--throttled-interval"),
-            (&["--near-limit-fraction", "0"], "--near-limit-fraction"),
-            (&["--near-limit-fraction", "NaN"], "--near-limit-fraction"),
-            (&["--limits-file", "/nonexistent/limits.yaml"], "--limits-file"),
-            (&["--limits-file", "/dev/null", "--limits-poll-interval", "1ms"], "--limits-poll-interval"),
-            (&["--envoy-api-key-entry", ""], "--envoy-api-key-entry"),
-            (&["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], "--tls-cert"),
-            (&["--request-timeout", "1ms"], "--request-timeout"),
-            (&["--redis-url", "redis://h", "--fingerprint-secret", "s", "--redis-timeout", "1s"], "--redis-timeout"),
-        ];
-        for (args, flag) in cases {
-            let message = parse(args).expect_err("must be rejected").to_string();
-            assert!(message.starts_with(flag), "{args:?}: {message}");
-            assert!(!message.contains("hunter2"), "a Redis password leaked: {message}");
-        }
-    }
-
-    #[test]
-    fn redis_needs_a_shared_secret() {
-        let config = parse(&["--redis-url", "redis://h:6379", "--fingerprint-secret", "s3cret"]).unwrap();
-        let StoreConfig::Redis(options) = config.store else { panic!("expected the Redis store") };
-        assert_eq!(options.timeout, Duration::from_millis(10));
-        assert_eq!(options.key_prefix, "ratelimitd:");
-    }
-
-    #[test]
-    fn fingerprint_reads_one_line_under_the_secret() {
-        let cli = |args: &[&str]| Cli::try_parse_from([&["ratelimitd"], args].concat()).unwrap();
-        let with_secret = cli(&["--fingerprint-secret", "s3cret", "fingerprint"]);
-        let printed = fingerprint(&with_secret, "sk_live_1\n").unwrap();
-        assert_eq!(printed, Fingerprinter::new(b"s3cret").fingerprint("sk_live_1").to_string());
-        assert_eq!(fingerprint(&with_secret, "sk_live_1\r\n").unwrap(), printed);
-        assert!(matches!(fingerprint(&with_secret, "\n"), Err(ConfigError::FingerprintInput(_))));
-        let without = cli(&["fingerprint"]);
-        assert!(matches!(fingerprint(&without, "sk_live_1"), Err(ConfigError::FingerprintSecret)));
-    }
-}
+mod tests;

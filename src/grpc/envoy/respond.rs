@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use super::pb::{Code, DescriptorStatus, HeaderValue, RateLimit, RateLimitResponse, Unit};
 use crate::domain::{Policy, Window};
-use crate::grpc::headers;
-use crate::limiter::Verdict;
+use crate::limiter::{Verdict, headers};
 
 /// Where a descriptor's status comes from.
 pub(super) enum Target {

@@ -1,9 +1,9 @@
-//! The HTTP headers a gateway adds to its response, computed once for both APIs:
+//! The HTTP headers a gateway adds to its response, computed once for every API:
 //! `RateLimit-Policy` and `RateLimit` as in the IETF draft
 //! (draft-ietf-httpapi-ratelimit-headers, structured fields), and `Retry-After`.
 
+use super::Verdict;
 use crate::domain::{FailureMode, Policy, Window};
-use crate::limiter::Verdict;
 
 pub const RATELIMIT_POLICY: &str = "RateLimit-Policy";
 pub const RATELIMIT: &str = "RateLimit";
