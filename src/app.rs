@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::config::commands::summary;
 use crate::config::{Config, StoreConfig, reload};
 use crate::domain::FailureMode;
 use crate::limiter::{Limiter, housekeeping};
@@ -47,6 +48,7 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let handle = metrics::recorder()?;
     metrics::config_loaded(true);
+    announce(&config, &listeners);
     let throttled = Arc::new(Throttled::new(config.throttle));
     let drain = Drain::default();
     let _signal = drain.start_on(shutdown);
@@ -56,14 +58,7 @@ pub async fn run(
         tokio::spawn(metrics_endpoint::serve(listener, exposition, drain.started()))
     });
     let _reporter = Task::spawn(metrics_endpoint::report(throttled.clone(), handle));
-    let _reloader = config.limits_file.clone().map(|file| {
-        let (hangup, hangups) = tokio::sync::mpsc::channel(1);
-        let policies = config.policies.clone();
-        (
-            Task::spawn(reload::forward_hangups(hangup)),
-            Task::spawn(reload::watch(file, policies, hangups, drain.started())),
-        )
-    });
+    let _reload = reload_tasks(&config, &drain);
     let served = match &config.store {
         StoreConfig::Memory => {
             tracing::warn!("no --redis-url: using the in-process store, so limits are per process, not shared");
@@ -85,6 +80,39 @@ pub async fn run(
         }
     }
     served
+}
+
+/// One line with what is in force, secrets left out.
+fn announce(config: &Config, listeners: &Listeners) {
+    let addr = |listener: &TcpListener| listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (store, endpoint) = match &config.store {
+        StoreConfig::Memory => ("in-process", String::new()),
+        StoreConfig::Redis(options) => (options.endpoint.mode(), options.endpoint.addresses()),
+    };
+    let policies = config.policies.current();
+    let limits_file = config.limits_file.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        store,
+        endpoint,
+        policies = %summary(&policies),
+        failure_mode = policies.default.failure.as_str(),
+        expected_replicas = config.expected_replicas,
+        limits_file,
+        listen = addr(&listeners.grpc),
+        metrics_listen = listeners.metrics.as_ref().map(addr).unwrap_or_default(),
+        http_listen = listeners.http.as_ref().map(addr).unwrap_or_default(),
+        "ratelimitd starting"
+    );
+}
+
+/// The limits file's reload on change and on SIGHUP; without a file, SIGHUP (whose
+/// default action would end the process) is logged and ignored.
+fn reload_tasks(config: &Config, drain: &Drain) -> Vec<Task> {
+    let Some(file) = config.limits_file.clone() else { return vec![Task::spawn(reload::ignore_hangups())] };
+    let (hangup, hangups) = tokio::sync::mpsc::channel(1);
+    let watch = reload::watch(file, config.policies.clone(), hangups, drain.started());
+    vec![Task::spawn(reload::forward_hangups(hangup)), Task::spawn(watch)]
 }
 
 fn limiter<S: Store>(store: S, config: &Config, throttled: Arc<Throttled>) -> Limiter<S> {

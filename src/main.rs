@@ -2,10 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use ratelimitd::app::{self, Listeners};
-use ratelimitd::config::cli::{Cli, Command};
-use ratelimitd::config::{self, Config};
+use ratelimitd::config::Config;
+use ratelimitd::config::commands::{self, Next, fail};
 use ratelimitd::server::{signal, telemetry};
 
 /// mimalloc: the service allocates per request (HTTP/2 frames, protobuf messages), and
@@ -17,24 +16,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// worker threads of their own (see `server::serve`).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if cli.command == Some(Command::Fingerprint) {
-        return print_fingerprint(&cli);
-    }
-    let config = match Config::from_cli(cli) {
+    let cli = match commands::parse() {
+        Next::Serve(cli) => cli,
+        Next::Exit(code) => return code,
+    };
+    let config = match Config::from_cli(*cli) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("ratelimitd: error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(&e.to_string()),
     };
     telemetry::init(config.log_format);
     let listeners = match bind(&config).await {
         Ok(listeners) => listeners,
-        Err(e) => {
-            eprintln!("ratelimitd: error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(&e),
     };
     match app::run(listeners, config, signal::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,23 +49,4 @@ async fn bind(config: &Config) -> Result<Listeners, String> {
         None => None,
     };
     Ok(Listeners { grpc, metrics: Some(metrics), http })
-}
-
-/// `ratelimitd fingerprint`: reads a key on stdin, prints its fingerprint.
-fn print_fingerprint(cli: &Cli) -> ExitCode {
-    let mut input = String::new();
-    let printed = std::io::stdin()
-        .read_line(&mut input)
-        .map_err(|e| config::ConfigError::FingerprintInput(e.to_string()))
-        .and_then(|_| config::fingerprint(cli, &input));
-    match printed {
-        Ok(fingerprint) => {
-            println!("{fingerprint}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ratelimitd: error: {e}");
-            ExitCode::from(2)
-        }
-    }
 }

@@ -30,14 +30,102 @@ fn a_bad_value_exits_non_zero_with_a_first_line_naming_the_flag() {
         (&["--log-format", "xml"], &[], "--log-format"),
         (&["--metrics-listen", "127.0.0.1:99999"], &[], "--metrics-listen"),
         (&["--near-limit-fraction", "1.5"], &[], "--near-limit-fraction"),
+        (&["--limit", "-5"], &[], "--limit"),
+        (&["--redis-url", "redis://user:hunter2@h:notaport", "--fingerprint-secret", "s"], &[], "--redis-url"),
+        (&["--tls-cert", NOT_PEM, "--tls-key", NOT_PEM], &[], "--tls-cert"),
+        (&["--limits-poll-interval", "5s"], &[], "--limits-poll-interval"),
+        (&["--no-such-flag"], &[], "--no-such-flag"),
     ];
+    std::fs::write(NOT_PEM, "not a certificate\n").unwrap();
     for (args, env, flag) in cases {
         let output = ratelimitd(args, env).output().expect("run ratelimitd");
         let stderr = String::from_utf8_lossy(&output.stderr);
         let first = stderr.lines().next().unwrap_or_default();
         assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert!(first.contains("error") && first.contains(flag), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one line: {stderr}");
+        assert!(!stderr.contains("hunter2"), "a password reached the error: {stderr}");
     }
+}
+
+/// A file that is not PEM, for the TLS flags.
+const NOT_PEM: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/not-a-certificate.pem");
+
+/// `ratelimitd check-limits FILE`: the same verdict as start-up, serving nothing.
+#[test]
+fn check_limits_validates_a_file_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    let fp = "00112233445566778899aabbccddeeff";
+    std::fs::write(
+        &good,
+        format!("policies:\n  gold:\n    limit: 3000\n    window: 1m\noverrides:\n  {fp}:\n    policy: gold\n"),
+    )
+    .unwrap();
+    let output = ratelimitd(&["check-limits", good.to_str().unwrap()], &[]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("valid") && stdout.contains("1 overrides") && stdout.contains("default 300 per 1m"),
+        "{stdout}"
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "policies:\n  gold:\n    limit: 10\n    window: 60s\n    burst: 3\n").unwrap();
+    let checked = ratelimitd(&["check-limits", bad.to_str().unwrap()], &[]).output().unwrap();
+    let started =
+        ratelimitd(&["--listen", "127.0.0.1:0", "--limits-file", bad.to_str().unwrap()], &[]).output().unwrap();
+    assert_eq!((checked.status.code(), started.status.code()), (Some(2), Some(2)));
+    let message = String::from_utf8_lossy(&checked.stderr);
+    assert!(message.contains("unknown field `burst`") && message.contains("line 5"), "{message}");
+    assert_eq!(message, String::from_utf8_lossy(&started.stderr), "the same message as start-up");
+}
+
+/// What an operator sees at start-up: one line with what is in force and no secret;
+/// a name to listen on is resolved; SIGHUP without a limits file is logged, not fatal;
+/// human logs carry no colour codes when they go to a file.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_says_what_is_in_force_and_sighup_without_a_limits_file_is_harmless() {
+    let port = common::free_port();
+    let http = format!("localhost:{port}");
+    let redis = "redis://user:hunter2@127.0.0.1:1";
+    let mut server = Process::start(&[
+        "--http-listen",
+        &http,
+        "--redis-url",
+        redis,
+        "--fingerprint-secret",
+        "s3cret",
+        "--log-format",
+        "human",
+        "--redis-timeout",
+        "20ms",
+        "--failure-mode",
+        "open",
+    ]);
+    let mut client = server.client().await;
+    assert!(check(&mut client, "k", 1).await.allowed, "Redis is down: the open failure mode allows");
+    let resolved = format!("127.0.0.1:{port}").parse().unwrap();
+    let over_http = common::gateway::get(resolved, "/v1/auth", &[("x-api-key", b"k")]).await;
+    assert_eq!(over_http.status, 200, "--http-listen localhost:{port} was resolved and served");
+    server.signal("HUP");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(check(&mut client, "k", 1).await.allowed, "still serving after SIGHUP");
+    assert_eq!(server.terminate(), Some(0));
+    let logs = server.logs();
+    let start = logs.lines().find(|l| l.contains("ratelimitd starting")).unwrap_or_else(|| panic!("{logs}"));
+    for wanted in [
+        env!("CARGO_PKG_VERSION"),
+        "single",
+        "127.0.0.1:1",
+        "default 300 per 1m",
+        "failure_mode=\"open\"",
+        "expected_replicas=1",
+    ] {
+        assert!(start.contains(wanted), "{wanted:?} missing from {start}");
+    }
+    assert!(logs.contains("no --limits-file to reload"), "{logs}");
+    assert!(!logs.contains("hunter2") && !logs.contains("s3cret"), "a secret reached the logs");
+    assert!(!logs.contains('\u{1b}'), "colour codes in a log file");
 }
 
 #[test]

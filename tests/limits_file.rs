@@ -181,3 +181,47 @@ fn a_broken_file_at_start_up_is_refused_with_its_line() {
         "{first}"
     );
 }
+
+/// A reload that would drop every override without saying so (an emptied or truncated
+/// file) is refused, and so is a file that is not UTF-8; `overrides: {}` drops them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_drops_every_override_must_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limits.yaml");
+    let partner = fingerprint("partner-key");
+    write(&path, &limits(&partner, 3000));
+    let mut service = start(&path, "100ms");
+    let mut client = service.client().await;
+    assert_eq!(common::peek(&mut client, "partner-key", 1).await.limit, 3000);
+    let valid = |service: &Process| {
+        let text = service.scrape();
+        text.lines().find_map(|l| l.strip_prefix("ratelimitd_config_valid ")).map(str::to_owned)
+    };
+    for refused in [
+        b"".as_slice(),
+        b"# emptied by mistake\n",
+        b"default:\n  limit: 5\n  window: 60s\n",
+        b"overrides:\n  \xff: x\n",
+    ] {
+        std::fs::write(dir.path().join("next.yaml"), refused).unwrap();
+        std::fs::rename(dir.path().join("next.yaml"), &path).unwrap();
+        let started = Instant::now();
+        while valid(&service).as_deref() != Some("0") {
+            assert!(started.elapsed() < Duration::from_secs(5), "not refused: {:?}", String::from_utf8_lossy(refused));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(common::peek(&mut client, "partner-key", 1).await.limit, 3000, "the partner keeps its limit");
+        write(&path, &limits(&partner, 3000));
+        let started = Instant::now();
+        while valid(&service).as_deref() != Some("1") {
+            assert!(started.elapsed() < Duration::from_secs(5), "the good file was not applied again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    write(&path, "default:\n  limit: 5\n  window: 60s\noverrides: {}\n");
+    wait_for_limit(&mut client, "partner-key", 5).await;
+    assert_eq!(service.terminate(), Some(0));
+    let logs = service.logs();
+    assert!(logs.contains("must say so with `overrides: {}`"), "{logs}");
+    assert!(logs.contains("not UTF-8"), "{logs}");
+}

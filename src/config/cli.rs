@@ -21,13 +21,13 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Address the gRPC API listens on.
-    #[arg(long, env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051", value_parser = parse_address)]
     pub listen: SocketAddr,
 
     /// Address of the HTTP API, for gateways that do not speak gRPC: POST /v1/check and
     /// /v1/peek (JSON), and forward authentication at /v1/auth (nginx auth_request, Traefik
     /// ForwardAuth). Off unless given.
-    #[arg(long, env = "RATELIMITD_HTTP_LISTEN")]
+    #[arg(long, env = "RATELIMITD_HTTP_LISTEN", value_parser = parse_address)]
     pub http_listen: Option<SocketAddr>,
 
     /// The request header holding the API key for forward authentication (/v1/auth).
@@ -35,7 +35,7 @@ pub struct Cli {
     pub http_key_header: String,
 
     /// Address of the Prometheus endpoint, GET /metrics.
-    #[arg(long, env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_address)]
     pub metrics_listen: SocketAddr,
 
     /// PEM certificate chain of the gRPC port: with --tls-key, the port speaks TLS only.
@@ -145,7 +145,7 @@ pub struct Cli {
     pub deny_cache: bool,
 
     /// Requests (units of cost) each API key may make per window, by default.
-    #[arg(long, env = "RATELIMITD_LIMIT", default_value_t = 300)]
+    #[arg(long, env = "RATELIMITD_LIMIT", default_value_t = 300, allow_negative_numbers = true)]
     pub limit: u32,
 
     /// Length of the sliding window (e.g. 60s, 1m, 500ms).
@@ -159,9 +159,10 @@ pub struct Cli {
     pub limits_file: Option<PathBuf>,
 
     /// How often the limits file is checked for changes (its content is compared, so
-    /// Kubernetes ConfigMap updates, which swap a symlink, are seen too).
-    #[arg(long, env = "RATELIMITD_LIMITS_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
-    pub limits_poll_interval: Duration,
+    /// Kubernetes ConfigMap updates, which swap a symlink, are seen too); 2s if not given.
+    /// Only with --limits-file.
+    #[arg(long, env = "RATELIMITD_LIMITS_POLL_INTERVAL", value_parser = parse_duration)]
+    pub limits_poll_interval: Option<Duration>,
 
     /// The Envoy rate-limit descriptor entry whose value is the API key.
     #[arg(long, env = "RATELIMITD_ENVOY_API_KEY_ENTRY", default_value = "api_key")]
@@ -208,11 +209,17 @@ impl std::fmt::Debug for Cli {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Reads an API key on stdin and prints its fingerprint under the configured
     /// --fingerprint-secret (for the overrides of the limits file). The key is not echoed.
     Fingerprint,
+    /// Validates a limits file as start-up would, and serves nothing: exit 0 with what it
+    /// holds, or 2 with the same message start-up would give (for CI and before a change).
+    CheckLimits {
+        /// The limits file (YAML).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -241,6 +248,13 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// `host:port`, a name resolved once at start-up (e.g. `localhost:50051`) or an address.
+fn parse_address(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addresses = value.to_socket_addrs().map_err(|e| format!("{e} (expected host:port, e.g. 0.0.0.0:50051)"))?;
+    addresses.next().ok_or_else(|| "it resolves to no address".to_owned())
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {

@@ -3,6 +3,7 @@
 //! once from them; the rest of the code trusts it.
 
 pub mod cli;
+pub mod commands;
 pub mod limits;
 pub mod reload;
 
@@ -82,6 +83,9 @@ pub enum StoreConfig {
     Redis(RedisOptions),
 }
 
+/// How often the limits file is read for changes, without --limits-poll-interval.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A configuration that cannot run, naming the flag and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -93,6 +97,10 @@ pub enum ConfigError {
     RedisTimeout(Duration),
     #[error("{0}: every URL must start with redis:// or rediss:// (values are not shown: they may hold passwords)")]
     RedisUrlOf(&'static str),
+    #[error("{0}: a URL does not parse ({1}; values are not shown: they may hold passwords)")]
+    RedisUrlParse(&'static str, String),
+    #[error("{flag} {path}: not a PEM file (no -----BEGIN line)")]
+    NotPem { flag: &'static str, path: String },
     #[error("--redis-sentinel-master must name the master the sentinels monitor")]
     SentinelMaster,
     #[error("{0} needs a rediss:// --redis-url (TLS to one Redis; not yet with Cluster or Sentinel)")]
@@ -122,6 +130,8 @@ pub enum ConfigError {
     Limits(#[from] LimitsError),
     #[error("--limits-poll-interval must be at least 100ms, got {0:?}")]
     LimitsPollInterval(Duration),
+    #[error("--limits-poll-interval needs --limits-file: there is no file to poll")]
+    PollWithoutLimitsFile,
     #[error("--envoy-api-key-entry must not be empty")]
     EnvoyApiKeyEntry,
     #[error("--http-key-header must be an HTTP header name (letters, digits and -), got {0:?}")]
@@ -211,13 +221,18 @@ impl Config {
 /// The policies at start-up: the limits file's if there is one (it must validate), else
 /// the flags' default for every key.
 fn policies(cli: &Cli, default: Policy) -> Result<(Policies, Option<LimitsFile>), ConfigError> {
-    let Some(path) = &cli.limits_file else { return Ok((Policies::uniform(default), None)) };
-    if cli.limits_poll_interval < Duration::from_millis(100) {
-        return Err(ConfigError::LimitsPollInterval(cli.limits_poll_interval));
+    let Some(path) = &cli.limits_file else {
+        if cli.limits_poll_interval.is_some() {
+            return Err(ConfigError::PollWithoutLimitsFile);
+        }
+        return Ok((Policies::uniform(default), None));
+    };
+    let poll_interval = cli.limits_poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL);
+    if poll_interval < Duration::from_millis(100) {
+        return Err(ConfigError::LimitsPollInterval(poll_interval));
     }
     let (policies, loaded) = limits::load(path, &default)?;
-    let file =
-        LimitsFile { path: path.clone(), default_policy: default, poll_interval: cli.limits_poll_interval, loaded };
+    let file = LimitsFile { path: path.clone(), default_policy: default, poll_interval, loaded };
     Ok((policies, Some(file)))
 }
 
@@ -239,7 +254,15 @@ pub fn fingerprint(cli: &Cli, input: &str) -> Result<String, ConfigError> {
 fn redis_endpoint(cli: &Cli) -> Result<Option<RedisEndpoint>, ConfigError> {
     let check = |flag: &'static str, urls: &[String]| {
         let valid = urls.iter().all(|url| url.starts_with("redis://") || url.starts_with("rediss://"));
-        if valid { Ok(()) } else { Err(ConfigError::RedisUrlOf(flag)) }
+        if !valid {
+            return Err(ConfigError::RedisUrlOf(flag));
+        }
+        for url in urls {
+            // redis-rs's message says what is wrong (its kind), never the URL.
+            redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                .map_err(|e| ConfigError::RedisUrlParse(flag, format!("{:?}", e.kind())))?;
+        }
+        Ok(())
     };
     if let Some(url) = &cli.redis_url {
         check("--redis-url", std::slice::from_ref(url))?;
@@ -289,7 +312,15 @@ fn redis_tls(cli: &Cli, rediss: bool) -> Result<Option<RedisTls>, ConfigError> {
 
 fn tls_files(cli: &Cli) -> Result<Option<TlsFiles>, ConfigError> {
     let read = |flag: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| ConfigError::TlsFile { flag, path: path.display().to_string(), source })
+        let pem = std::fs::read(path).map_err(|source| ConfigError::TlsFile {
+            flag,
+            path: path.display().to_string(),
+            source,
+        })?;
+        if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(ConfigError::NotPem { flag, path: path.display().to_string() });
+        }
+        Ok(pem)
     };
     let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) else { return Ok(None) };
     let client_ca = cli.tls_client_ca.as_ref().map(|ca| read("--tls-client-ca", ca)).transpose()?;

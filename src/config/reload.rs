@@ -98,8 +98,11 @@ impl Watcher {
     }
 
     fn apply(&mut self, content: Vec<u8>) -> Reload {
-        let text = String::from_utf8_lossy(&content);
-        match limits::parse(&text, &self.file.default_policy) {
+        let checked = match std::str::from_utf8(&content) {
+            Ok(text) => limits::parse(text, &self.file.default_policy).and_then(|policies| self.keeps(text, policies)),
+            Err(e) => Err(format!("the file is not UTF-8: {e}")),
+        };
+        match checked {
             Ok(policies) => {
                 let (named, overrides) = (count_policies(&policies), policies.overrides.len());
                 self.policies.replace(policies);
@@ -117,6 +120,21 @@ impl Watcher {
     }
 }
 
+impl Watcher {
+    /// Refuses a file that would drop every override in force without saying so: an
+    /// emptied or truncated file would otherwise put every partner back on the default.
+    fn keeps(&self, text: &str, policies: Policies) -> Result<Policies, String> {
+        let in_force = self.policies.current().overrides.len();
+        if in_force > 0 && policies.overrides.is_empty() && !limits::declares_overrides(text) {
+            return Err(format!(
+                "it has no overrides, and the file in force has {in_force}: a reload that drops them all must say \
+                 so with `overrides: {{}}`"
+            ));
+        }
+        Ok(policies)
+    }
+}
+
 fn reject(error: &LimitsError) {
     metrics::config_loaded(false);
     tracing::error!(error = %error, "limits file rejected; the policies in force are kept");
@@ -125,6 +143,19 @@ fn reject(error: &LimitsError) {
 fn count_policies(policies: &Policies) -> usize {
     let names: std::collections::HashSet<&str> = policies.overrides.values().map(|o| &*o.policy.name).collect();
     names.len() + 1
+}
+
+/// Without --limits-file: logs each SIGHUP, which then does nothing (its default action
+/// would end the process).
+pub async fn ignore_hangups() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+        while hangups.recv().await.is_some() {
+            tracing::warn!("SIGHUP received, but there is no --limits-file to reload: ignored");
+        }
+    }
 }
 
 /// Sends on `to` at each SIGHUP, until the receiver is gone.

@@ -79,6 +79,15 @@ pub fn parse(text: &str, default_policy: &Policy) -> Result<Policies, String> {
     Ok(file.into_policies(default_policy))
 }
 
+/// Whether the file's text names `overrides` at its top level (even as an empty map):
+/// an explicit "no overrides", unlike a file that leaves them out.
+pub fn declares_overrides(text: &str) -> bool {
+    serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+        .ok()
+        .and_then(|value| value.as_mapping().map(|map| map.contains_key("overrides")))
+        .unwrap_or(false)
+}
+
 thread_local! {
     /// The policy names of the file being parsed (see [`parse`]), so that an override
     /// naming an unknown policy is refused with its own line. A thread-local because

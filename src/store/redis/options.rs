@@ -28,6 +28,20 @@ impl std::fmt::Debug for RedisEndpoint {
 }
 
 impl RedisEndpoint {
+    /// Where it points, as `host:port` (comma-separated), without credentials: for logs.
+    pub fn addresses(&self) -> String {
+        let urls = match self {
+            Self::Url(url) => std::slice::from_ref(url),
+            Self::Cluster(nodes) => nodes.as_slice(),
+            Self::Sentinel { sentinels, .. } => sentinels.as_slice(),
+        };
+        let address = |url: &String| {
+            redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                .map_or_else(|_| "<unparsable>".to_owned(), |info| info.addr().to_string())
+        };
+        urls.iter().map(address).collect::<Vec<_>>().join(",")
+    }
+
     pub fn mode(&self) -> &'static str {
         match self {
             Self::Url(_) => "single",

@@ -1,0 +1,105 @@
+//! What the binary does before serving: the command line parsed into one line of error
+//! (exit 2) or help, and the subcommands that never serve (`fingerprint`,
+//! `check-limits`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use super::cli::{Cli, Command};
+use super::{ConfigError, fingerprint, limits};
+use crate::domain::{Policies, Policy};
+
+/// What `main` should do next.
+pub enum Next {
+    Serve(Box<Cli>),
+    Exit(ExitCode),
+}
+
+/// Parses the command line; help and version are printed, an error is one line naming
+/// the flag (clap's own take three to five), and subcommands run here.
+pub fn parse() -> Next {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return Next::Exit(ExitCode::SUCCESS);
+        }
+        Err(e) => return Next::Exit(fail(&one_line(&e.to_string()))),
+    };
+    match &cli.command {
+        None => Next::Serve(Box::new(cli)),
+        Some(Command::Fingerprint) => Next::Exit(print_fingerprint(&cli)),
+        Some(Command::CheckLimits { file }) => Next::Exit(check_limits(&cli, file)),
+    }
+}
+
+/// The first line of clap's message, without its `error: ` and with its tip, if any.
+fn one_line(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:"));
+    let first = lines.next().unwrap_or("the command line does not parse");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let tip = lines.find_map(|l| l.strip_prefix("tip: "));
+    match tip {
+        Some(tip) => format!("{first} ({tip}; see --help)"),
+        None => format!("{first} (see --help)"),
+    }
+}
+
+pub fn fail(message: &str) -> ExitCode {
+    eprintln!("ratelimitd: error: {message}");
+    ExitCode::from(2)
+}
+
+/// `ratelimitd fingerprint`: reads a key on stdin, prints its fingerprint.
+fn print_fingerprint(cli: &Cli) -> ExitCode {
+    let mut input = String::new();
+    let printed = std::io::stdin()
+        .read_line(&mut input)
+        .map_err(|e| ConfigError::FingerprintInput(e.to_string()))
+        .and_then(|_| fingerprint(cli, &input));
+    match printed {
+        Ok(fingerprint) => {
+            println!("{fingerprint}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `ratelimitd check-limits FILE`: validates a limits file as start-up would (exit 0
+/// with what it holds, or 2 with the same message), serving nothing.
+fn check_limits(cli: &Cli, file: &Path) -> ExitCode {
+    let default = match Policy::default_with(cli.limit, cli.window) {
+        Ok(policy) => policy,
+        Err(e) => return fail(&format!("--limit/--window: {e}")),
+    };
+    match limits::load(file, &default) {
+        Ok((policies, _)) => {
+            println!("{}: valid: {}", file.display(), summary(&policies));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// The default policy, how many named policies the overrides use, and how many overrides.
+pub fn summary(policies: &Policies) -> String {
+    let windows: Vec<String> = policies
+        .default
+        .limits
+        .windows()
+        .iter()
+        .map(|w| {
+            format!("{} per {}", w.limit(), humantime::format_duration(std::time::Duration::from_millis(w.window_ms())))
+        })
+        .collect();
+    let named: std::collections::HashSet<&str> = policies.overrides.values().map(|o| &*o.policy.name).collect();
+    format!(
+        "default {}; {} named policies in use; {} overrides",
+        windows.join(" and "),
+        named.len(),
+        policies.overrides.len()
+    )
+}
