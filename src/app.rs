@@ -122,11 +122,12 @@ fn limiter<S: Store>(store: S, config: &Config, throttled: Arc<Throttled>) -> Li
 
 /// The Redis store, with its script loaded if Redis answers already.
 async fn redis_store(options: crate::store::redis::RedisOptions, config: &Config) -> Result<RedisStore, AppError> {
-    let (key_prefix, mode) = (options.key_prefix.clone(), options.endpoint.mode());
+    let (key_prefix, mode, endpoint) =
+        (options.key_prefix.clone(), options.endpoint.mode(), options.endpoint.addresses());
     let store = RedisStore::new(options)?;
     match store.prepare().await {
         Ok(()) => tracing::info!(%key_prefix, mode, "Redis store ready; limits are shared"),
-        Err(e) => tracing::error!(error = %e, "Redis not reachable yet; failure modes answer until it is"),
+        Err(e) => tracing::error!(%endpoint, error = %e, "Redis not reachable yet; failure modes answer until it is"),
     }
     if config.expected_replicas == 1 && config.policies.current().default.failure == FailureMode::Local {
         tracing::warn!(

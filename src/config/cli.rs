@@ -199,6 +199,12 @@ pub struct Cli {
     /// On SIGTERM or SIGINT, how long in-flight calls may take to finish before exiting.
     #[arg(long, env = "RATELIMITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// On SIGTERM or SIGINT, how long to keep serving new calls while gRPC health says
+    /// NOT_SERVING, before draining: Kubernetes takes a moment to stop routing to a pod it
+    /// is ending, and calls routed to it meanwhile are answered rather than refused.
+    #[arg(long, env = "RATELIMITD_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
 }
 
 /// Secrets may come on the command line (the fingerprint secret, a Redis URL with a

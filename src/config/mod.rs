@@ -48,6 +48,8 @@ pub struct Config {
     pub deny_cache: bool,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// How long to keep serving, NOT_SERVING, before draining.
+    pub shutdown_delay: Duration,
 }
 
 /// The PEM contents of the gRPC port's TLS files, read at start-up.
@@ -130,6 +132,8 @@ pub enum ConfigError {
     Limits(#[from] LimitsError),
     #[error("--limits-poll-interval must be at least 100ms, got {0:?}")]
     LimitsPollInterval(Duration),
+    #[error("--shutdown-delay must be at most 5 minutes, got {0:?}")]
+    ShutdownDelay(Duration),
     #[error("--limits-poll-interval needs --limits-file: there is no file to poll")]
     PollWithoutLimitsFile,
     #[error("--envoy-api-key-entry must not be empty")]
@@ -188,6 +192,9 @@ impl Config {
         }
         let http_key_header = HeaderName::try_from(cli.http_key_header.to_ascii_lowercase())
             .map_err(|_| ConfigError::HttpKeyHeader(cli.http_key_header.clone()))?;
+        if cli.shutdown_delay > Duration::from_secs(300) {
+            return Err(ConfigError::ShutdownDelay(cli.shutdown_delay));
+        }
         if cli.request_timeout < Duration::from_millis(10) || cli.request_timeout > Duration::from_secs(3600) {
             return Err(ConfigError::RequestTimeout(cli.request_timeout));
         }
@@ -214,6 +221,7 @@ impl Config {
             deny_cache: cli.deny_cache,
             log_format: cli.log_format,
             shutdown_grace: cli.shutdown_grace,
+            shutdown_delay: cli.shutdown_delay,
         })
     }
 }

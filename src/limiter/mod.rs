@@ -91,6 +91,8 @@ pub struct Limiter<S> {
     local: MemoryStore,
     /// How many replicas share the limits: `local` admits limit / this.
     expected_replicas: u32,
+    /// Paces the log lines of store failures that are not transient.
+    failures_logged: LogEvery,
 }
 
 impl<S: Store> Limiter<S> {
@@ -106,6 +108,7 @@ impl<S: Store> Limiter<S> {
             breaker: Breaker::default(),
             local: MemoryStore::new(),
             expected_replicas: 1,
+            failures_logged: LogEvery::default(),
         }
     }
 
@@ -258,8 +261,11 @@ impl<S: Store> Limiter<S> {
         let transient = matches!(&result, Err(e) if e.is_transient());
         if let Some(state) = attempt.finish(transient) {
             metrics::breaker_open(state == BreakerState::Open);
+            let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
             match state {
                 BreakerState::Open => tracing::warn!(
+                    endpoint = %self.store.endpoint(),
+                    %error,
                     failures = breaker::FAILURES_TO_OPEN,
                     cool_down = ?breaker::COOL_DOWN,
                     "circuit breaker open: the store is not called and failure modes answer; one trial call per cool-down"
@@ -276,7 +282,11 @@ impl<S: Store> Limiter<S> {
                 self.note_store_health(false);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "store call failed");
+                // A failure that needs an operator (a script error, a key of another type):
+                // logged at most once per interval, with how many calls it failed since.
+                if let Some(calls) = self.failures_logged.due() {
+                    tracing::warn!(endpoint = %self.store.endpoint(), error = %e, calls, "store calls failed");
+                }
                 self.note_store_health(true);
             }
         }
@@ -286,6 +296,31 @@ impl<S: Store> Limiter<S> {
     fn key(&self, key_id: &str) -> Result<Fingerprint, InvalidRequest> {
         validate_key(key_id)?;
         Ok(self.fingerprinter.fingerprint(key_id))
+    }
+}
+
+/// At most one log line per [`LOG_EVERY`] for one kind of event, with how many happened.
+#[derive(Debug, Default)]
+struct LogEvery {
+    last_ms: std::sync::atomic::AtomicU64,
+    since: std::sync::atomic::AtomicU64,
+}
+
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LogEvery {
+    /// Counts one event; `Some(count since the last line)` when a line is due.
+    fn due(&self) -> Option<u64> {
+        let since = self.since.fetch_add(1, Ordering::Relaxed) + 1;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
+        if due && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.since.fetch_sub(since, Ordering::Relaxed);
+            return Some(since);
+        }
+        None
     }
 }
 

@@ -63,7 +63,7 @@ pub async fn serve<S: Store>(
     health.set(up).await;
     let follower = Task::spawn(follow_store(Arc::downgrade(&limiter), health.clone(), up));
     let router = Router::new(limiter, config, health_service)?;
-    let _closer = Task::spawn(close_when_drained(drain.clone(), follower, health));
+    let _closer = Task::spawn(close_when_drained(drain.clone(), follower, health, config.shutdown_delay));
     let (report, mut reports) = mpsc::unbounded_channel();
     let mut inboxes = Vec::with_capacity(config.worker_threads);
     for worker in 0..config.worker_threads {
@@ -96,7 +96,7 @@ pub async fn serve<S: Store>(
     let outcome = tokio::select! {
         served = served => served,
         failed = accepting => failed,
-        () = async { drain.started().await; tokio::time::sleep(grace).await } => {
+        () = async { drain.closing().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "grace period over; exiting with calls still in flight");
             Ok(())
         }
@@ -107,13 +107,18 @@ pub async fn serve<S: Store>(
     Ok(())
 }
 
-/// Once draining starts: health stops following the store and says NOT_SERVING, then
-/// the workers stop taking connections and calls.
-async fn close_when_drained(drain: Drain, follower: Task, health: Health) {
+/// Once draining starts: health stops following the store and says NOT_SERVING; after
+/// `delay` (calls are still served meanwhile) the workers stop taking connections and
+/// calls, and in-flight ones have the grace period to finish.
+async fn close_when_drained(drain: Drain, follower: Task, health: Health, delay: Duration) {
     drain.started().await;
-    tracing::info!("shutting down: no new connections; finishing in-flight calls");
     drop(follower);
     health.set(false).await;
+    if !delay.is_zero() {
+        tracing::info!(?delay, "shutting down: NOT_SERVING, still serving until the delay is over");
+        tokio::time::sleep(delay).await;
+    }
+    tracing::info!("shutting down: no new connections; finishing in-flight calls");
     drain.close();
 }
 

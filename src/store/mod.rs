@@ -38,6 +38,11 @@ pub trait Store: Send + Sync + 'static {
         peek_then_count(self, checks)
     }
 
+    /// Where the store is, for log lines: `host:port`s, never a secret.
+    fn endpoint(&self) -> String {
+        "in-process".into()
+    }
+
     /// Checks that the store answers, for its health while no checks arrive.
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { Ok(()) }

@@ -36,6 +36,8 @@ pub struct RedisStore {
     key_prefix: String,
     /// Redis Cluster: keys of one request may live on different nodes.
     cluster: bool,
+    /// `host:port`s, for log lines.
+    addresses: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -61,7 +63,8 @@ impl RedisStore {
         // Redis Cluster gets one check per call: a batch's keys would have to share a slot.
         let batch = if cluster { 1 } else { options.batch };
         let batches = Arc::new(Batches::new(lanes, connections, batch));
-        Ok(Self { batches, key_prefix: options.key_prefix, cluster })
+        let addresses = options.endpoint.addresses();
+        Ok(Self { batches, key_prefix: options.key_prefix, cluster, addresses })
     }
 
     /// Makes this thread's checks use one connection, `worker` mod `connections`. A
@@ -165,5 +168,9 @@ impl Store for RedisStore {
 
     async fn probe(&self) -> Result<(), StoreError> {
         self.ping().await
+    }
+
+    fn endpoint(&self) -> String {
+        self.addresses.clone()
     }
 }
