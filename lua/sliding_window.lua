@@ -29,11 +29,9 @@
 -- fails whole, before any check; so does any other Redis error (READONLY, OOM), which
 -- comes before any write. The caller assembles remaining, retry and reset from a
 -- decision's values (src/domain/decision.rs), as the in-process store does.
--- A call with 'all' or 'ask' checks is one all-or-nothing decision: every check of it must
--- be 'all' or 'ask', each of another key; each is decided as a peek, and only if every one
--- fits are the 'all' checks counted (the reply: their counted decisions, else the peeks).
--- A key that is not ours fails its check and then nothing is counted. Any other call
--- with them fails whole, before any check.
+-- A call of 'all' and 'ask' checks, each of another key, is one all-or-nothing decision:
+-- each is peeked, and only if every one fits are the 'all' ones counted (a key not ours fails
+-- its check and nothing counts). A call that mixes them with others fails whole.
 -- Needs Redis 6.2 or newer (SET ... KEEPTTL).
 --
 -- Storage: one string per API key. A 40-byte header (little-endian): the ring's capacity C
@@ -59,8 +57,8 @@
 -- * the key expires only after its newest entry has left the longest window it was used
 --   with (the header's expiry only moves later).
 --
--- Why the script reads and writes as it does (the frontier hint, galloping searches, the
--- mark of a full ring, the TTL pushed out in steps of W/8): docs/design.md#the-algorithm.
+-- Why it reads and writes as it does (frontier hint, galloping, a full ring's mark, the TTL
+-- pushed out in steps of W/8): docs/design.md#the-algorithm.
 
 local HEADER = 40
 local LAYOUT = '<I4I4I4I4i8i8i8'
@@ -135,15 +133,14 @@ local function gallop_back(lo, hi, cutoff)
   return lo
 end
 
--- The call's reply (see the top), which decide() writes each decision into.
-local out = {}
+local out = {} -- the call's reply (see the top)
 
 -- Decides `check` (a parsed argument, see parse() below) for `key`: the script's work for
 -- one check (see the top). Writes the decision's values into `out` from index `at` and
 -- returns nothing, or returns a string saying what is wrong with the key, having written
 -- nothing.
-local function decide(key, check, now, at)
-  local cost, peek, limits, windows, count = check.cost, check.peek, check.limits, check.windows, check.count
+local function decide(key, check, now, at, peek_only)
+  local cost, peek, limits, windows, count = check.cost, check.peek or peek_only, check.limits, check.windows, check.count
   local capacity_needed, longest, slack = check.capacity, windows[1], check.slack
 
   local header = redis.call('GETRANGE', key, HEADER_FIRST, HEADER_LAST)
@@ -284,8 +281,6 @@ local function decide(key, check, now, at)
   redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, new_mark))
 end
 
-local MALFORMED = 'ERR ratelimitd: invalid arguments: need the clock, then one argument per key: its check, "<cost> consume|peek <limit> <window ms> ..."'
-
 -- A check's argument parsed (see the top), or false if it is not a valid check: 1 to 4
 -- windows, every limit and window a positive integer, windows below 2^52 ms and longest
 -- first, 1 <= cost <= every limit.
@@ -314,19 +309,12 @@ local function parse(arg)
     return false
   end
   -- slack: how long past its last needed moment a key may live; the TTL moves in these steps.
-  local check = {cost = cost, peek = mode == 'peek' or mode == 'ask', count = count, limits = limits,
-                 windows = windows, capacity = capacity, slack = floor(windows[1] / 8),
-                 group = mode == 'all' or mode == 'ask'}
-  if check.group then
-    -- The same check as a peek, for the all-or-nothing call's first pass.
-    check.as_peek = {cost = cost, peek = true, count = count, limits = limits, windows = windows,
-                     capacity = capacity, slack = check.slack}
-  end
-  return check
+  return {cost = cost, peek = mode == 'peek' or mode == 'ask', count = count, limits = limits, windows = windows,
+          capacity = capacity, slack = floor(windows[1] / 8), group = mode == 'all' or mode == 'ask'}
 end
 
 if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
-  return redis.error_reply(MALFORMED)
+  return redis.error_reply('ERR ratelimitd: invalid arguments: need the clock, then one argument per key: its check, "<cost> consume|peek <limit> <window ms> ..."')
 end
 
 local now = tonumber(ARGV[1])
@@ -335,17 +323,17 @@ if not now then
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 
--- Decides KEYS[k] by `check` at `at`: nil and the next position, or a failure string
--- (written at `at`) and the next position. A Redis error other than WRONGTYPE (READONLY on
--- a demoted master, OOM, ...) comes third, for the call to end with: such an error stops
--- the call's first write, so nothing was written, and the caller must see what Redis said.
-local function decide_at(k, check, now, at)
-  local ok, result = pcall(decide, KEYS[k], check, now, at)
+-- Decides KEYS[k] by `check` at `at` (as a peek with `peek_only`): nil and the next position,
+-- or a failure string (written at `at`) and the next position. A Redis error other than
+-- WRONGTYPE (READONLY on a demoted master, OOM, ...) ends the call: such an error stops the
+-- call's first write, so nothing was written, and the caller must see what Redis said.
+local function decide_at(k, check, now, at, peek_only)
+  local ok, result = pcall(decide, KEYS[k], check, now, at, peek_only)
   local failure = result
   if not ok then
     failure = type(result) == 'table' and result.err or tostring(result)
     if string.sub(failure, 1, 9) ~= 'WRONGTYPE' then
-      return nil, at, failure
+      error({fatal = failure})
     end
   end
   if failure then
@@ -355,70 +343,57 @@ local function decide_at(k, check, now, at)
   return nil, at + 3 + 2 * check.count
 end
 
--- Each distinct argument is parsed once (Redis interns Lua strings: looking one up is cheap).
-local parsed, checks, grouped = {}, {}, 0
-for k = 1, #KEYS do
-  local arg = ARGV[k + 1]
-  local check = parsed[arg]
-  if check == nil then
-    check = parse(arg)
-    parsed[arg] = check
-  end
-  checks[k] = check
-  if check and check.group then
-    grouped = grouped + 1
-  end
-end
-
-local GROUP_MALFORMED = 'ERR ratelimitd: invalid arguments: a call with "all" or "ask" checks must have only such checks, each of another key'
-
-if grouped > 0 then
-  -- One all-or-nothing decision: every check peeked; the 'all' ones counted only if all fit.
-  local seen_keys = {}
-  for k = 1, #KEYS do
-    if not checks[k] or not checks[k].group or seen_keys[KEYS[k]] then
-      return redis.error_reply(GROUP_MALFORMED)
-    end
-    seen_keys[KEYS[k]] = true
-  end
+-- One all-or-nothing decision: every check peeked; the 'all' ones counted only if all fit.
+local function decide_group(checks)
   local positions, at, fits = {}, 1, true
   for k = 1, #KEYS do
     positions[k] = at
-    local failure, fatal
-    failure, at, fatal = decide_at(k, checks[k].as_peek, now, at)
-    if fatal then
-      return redis.error_reply(fatal)
-    end
-    if failure or out[positions[k]] == 0 then
-      fits = false
+    local failure
+    failure, at = decide_at(k, checks[k], now, at, true)
+    fits = fits and not failure and out[positions[k]] == 1
+  end
+  for k = 1, #KEYS do
+    if fits and not checks[k].peek then
+      -- The same decision as the peek (same clock, nothing written in between), now counted.
+      decide_at(k, checks[k], now, positions[k])
     end
   end
-  if fits then
-    for k = 1, #KEYS do
-      if not checks[k].peek then
-        -- The same decision as the peek (same clock, nothing written in between), now counted.
-        local _, _, fatal = decide_at(k, checks[k], now, positions[k])
-        if fatal then
-          return redis.error_reply(fatal)
-        end
-      end
-    end
-  end
-  return out
 end
 
-local at = 1
-for k = 1, #KEYS do
-  local check = checks[k]
-  if not check then
-    out[at] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits and windows at least 1, windows below 2^52 ms, and 1 <= cost <= every limit'
-    at = at + 1
-  else
-    local _, fatal
-    _, at, fatal = decide_at(k, check, now, at)
-    if fatal then
-      return redis.error_reply(fatal)
+local function main()
+  -- Each distinct argument is parsed once (Redis interns Lua strings: looking one up is cheap).
+  local parsed, checks, grouped, seen = {}, {}, 0, {}
+  for k = 1, #KEYS do
+    local arg = ARGV[k + 1]
+    if parsed[arg] == nil then
+      parsed[arg] = parse(arg)
+    end
+    checks[k] = parsed[arg]
+    if checks[k] and checks[k].group then
+      grouped = grouped + (seen[KEYS[k]] and 0 or 1)
+      seen[KEYS[k]] = true
     end
   end
+  if grouped > 0 then
+    if grouped ~= #KEYS then
+      error({fatal = 'ERR ratelimitd: invalid arguments: a call with "all" or "ask" checks must have only such checks, each of another key'})
+    end
+    return decide_group(checks)
+  end
+  local at = 1
+  for k = 1, #KEYS do
+    if checks[k] then
+      local _
+      _, at = decide_at(k, checks[k], now, at)
+    else
+      out[at] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits and windows at least 1, windows below 2^52 ms, and 1 <= cost <= every limit'
+      at = at + 1
+    end
+  end
+end
+
+local ok, failure = pcall(main)
+if not ok then
+  return redis.error_reply(type(failure) == 'table' and failure.fatal or tostring(failure))
 end
 return out

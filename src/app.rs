@@ -11,7 +11,7 @@ use crate::config::{Config, StoreConfig, reload};
 use crate::domain::FailureMode;
 use crate::limiter::{Limiter, housekeeping};
 use crate::metrics::{self, MetricsError, Throttled};
-use crate::server::drain::{Drain, Task};
+use crate::server::drain::{Drain, FinishOnDrop, Task};
 use crate::server::metrics_endpoint::{self, Exposition};
 use crate::server::{self, ServeError};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -147,20 +147,34 @@ async fn serve<S: Store>(
     config: &Config,
     drain: &Drain,
 ) -> Result<(), AppError> {
+    // The worker threads' event loops (which drive the Redis connections) end only when
+    // both APIs are done: an HTTP request still in flight keeps its store.
+    let _finish = FinishOnDrop(drain.clone());
     let limiter = Arc::new(limiter);
     let _housekeeping = Task::spawn(housekeeping::run(Arc::downgrade(&limiter)));
     let http = http.map(|listener| {
         let router = crate::http::router(limiter.clone(), config.http_key_header.clone());
         tokio::spawn(server::http::serve(listener, router, drain.clone()))
     });
-    let served = server::serve(grpc, limiter, config, drain).await;
-    if let Some(mut http) = http {
-        // The drain is closing now: in-flight HTTP requests finish within the grace period.
+    let grpc = async {
+        let served = server::serve(grpc, limiter, config, drain).await;
+        drain.close(); // if serving failed, the HTTP API stops too
+        served
+    };
+    let http = async {
+        let Some(mut http) = http else { return Ok(()) };
+        drain.closing().await;
+        // In-flight HTTP requests have the same grace period as gRPC calls, from the same moment.
         match tokio::time::timeout(config.shutdown_grace, &mut http).await {
-            Ok(Ok(Err(e))) => return Err(AppError::Http(e)),
-            Ok(_) => {}
-            Err(_) => http.abort(),
+            Ok(Ok(Err(e))) => Err(AppError::Http(e)),
+            Ok(_) => Ok(()),
+            Err(_) => {
+                http.abort();
+                Ok(())
+            }
         }
-    }
-    Ok(served?)
+    };
+    let (served, http) = tokio::join!(grpc, http);
+    served?;
+    http
 }

@@ -35,6 +35,8 @@ fn a_bad_value_exits_non_zero_with_a_first_line_naming_the_flag() {
         (&["--tls-cert", NOT_PEM, "--tls-key", NOT_PEM], &[], "--tls-cert"),
         (&["--limits-poll-interval", "5s"], &[], "--limits-poll-interval"),
         (&["--no-such-flag"], &[], "--no-such-flag"),
+        (&["--tls-cert", NOT_PEM], &[], "--tls-key"),
+        (&["check-limits"], &[], "<FILE>"),
     ];
     std::fs::write(NOT_PEM, "not a certificate\n").unwrap();
     for (args, env, flag) in cases {

@@ -106,6 +106,9 @@ async fn many_descriptors_are_decided_and_too_many_keys_count_nothing() {
     assert_eq!(response.overall_code, Code::OverLimit as i32);
     assert_eq!(response.statuses[16].code, Code::OverLimit as i32);
     assert_eq!(remaining(&server, "many-0").await, 4, "nothing counted for a refused request");
+    let mut again: Vec<_> = (0..16).map(|i| key(&format!("again-{i}"))).collect();
+    again.push(key("again-0"));
+    assert_eq!(ask(&mut client, again, 0).await.overall_code, Code::Ok as i32, "a 17th descriptor of a seen key");
     let repeated: Vec<_> = (0..40).map(|_| key("same")).collect();
     assert_eq!(ask(&mut client, repeated, 0).await.overall_code, Code::Ok as i32, "one key, however many times");
     assert_eq!(remaining(&server, "same").await, 3, "counted once");

@@ -35,15 +35,25 @@ pub fn parse() -> Next {
     }
 }
 
-/// The first line of clap's message, without its `error: ` and with its tip, if any.
+/// Clap's message on one line: its first line without `error: `, the indented lines that
+/// continue it (the names of missing or conflicting arguments), and its tip, if any.
 fn one_line(message: &str) -> String {
-    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:"));
+    let mut lines = message.lines();
     let first = lines.next().unwrap_or("the command line does not parse");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let tip = lines.find_map(|l| l.strip_prefix("tip: "));
+    let mut text = first.strip_prefix("error: ").unwrap_or(first).trim().to_owned();
+    let mut tip = None;
+    for line in lines.take_while(|l| !l.starts_with("Usage:")) {
+        let trimmed = line.trim();
+        if let Some(t) = trimmed.strip_prefix("tip: ") {
+            tip = Some(t.to_owned());
+        } else if !trimmed.is_empty() && line.starts_with(' ') && tip.is_none() {
+            text.push(' ');
+            text.push_str(trimmed);
+        }
+    }
     match tip {
-        Some(tip) => format!("{first} ({tip}; see --help)"),
-        None => format!("{first} (see --help)"),
+        Some(tip) => format!("{text} ({tip}; see --help)"),
+        None => format!("{text} (see --help)"),
     }
 }
 

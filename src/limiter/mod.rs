@@ -331,6 +331,14 @@ enum Answer {
     FellBack(Decision, FailureMode, StoreError),
 }
 
+impl Answer {
+    fn decision(&self) -> &Decision {
+        match self {
+            Self::Store(decision) | Self::FellBack(decision, ..) => decision,
+        }
+    }
+}
+
 /// Records the key's fingerprint in the current span and checks the cost against its policy.
 fn checked(key: Fingerprint, resolved: Resolved, cost: u32) -> Result<Checked, CheckError> {
     tracing::Span::current().record("key", tracing::field::display(&key));

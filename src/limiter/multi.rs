@@ -87,7 +87,7 @@ impl<S: Store> Limiter<S> {
             .iter()
             .map(|(c, mode)| KeyCheck { key: &c.key, limits: &c.resolved.policy.limits, cost: c.cost, mode: *mode })
             .collect();
-        let answers = match self.call_store(self.store.check_all(&checks)).await {
+        let answers: Vec<Answer> = match self.call_store(self.store.check_all(&checks)).await {
             Ok(decisions) => {
                 if let Some(cache) = &self.deny_cache {
                     for (c, decision) in checks.iter().zip(&decisions) {
@@ -99,8 +99,13 @@ impl<S: Store> Limiter<S> {
             Err(CheckError::Store(error)) => self.fall_back_all(members, &error).await,
             Err(e) => return Err(e),
         };
-        let verdicts =
-            members.iter().zip(answers).map(|((c, mode), answer)| self.verdict(c.clone(), *mode, answer, started));
+        // Denied, the request counted in no key: a key that would have allowed it is reported
+        // as asked (a peek), not as an allowed, counted check.
+        let counted = answers.iter().all(|answer| answer.decision().allowed);
+        let verdicts = members.iter().zip(answers).map(|((c, mode), answer)| {
+            let mode = if counted || !answer.decision().allowed { *mode } else { Mode::Peek };
+            self.verdict(c.clone(), mode, answer, started)
+        });
         Ok(verdicts.collect())
     }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use self::drain::{Drain, FinishOnDrop, Task};
+use self::drain::{Drain, Task};
 use self::router::Router;
 use crate::config::Config;
 use crate::grpc::Health;
@@ -48,14 +48,14 @@ pub enum ServeError {
 
 /// Serves gRPC on `listener` until `drain` starts, then drains: health turns
 /// NOT_SERVING, no new connections are taken, and in-flight calls may finish within
-/// the configured grace period.
+/// the configured grace period. The worker threads' event loops run until the caller
+/// finishes the drain (`FinishOnDrop`), since other users of the store may need them.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     limiter: Arc<Limiter<S>>,
     config: &Config,
     drain: &Drain,
 ) -> Result<(), ServeError> {
-    let _finish = FinishOnDrop(drain.clone());
     let addr = listener.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
     let (health, health_service) = Health::new();
     // Set before serving: a check that arrives first must not find the service unknown.

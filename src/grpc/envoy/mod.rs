@@ -68,8 +68,10 @@ impl<S: Store> RateLimitService for EnvoyRateLimitService<S> {
         // is counted.
         let policies = self.limiter.policies().current();
         let (mut keys, mut targets, mut refused) = (KeyChecks::default(), Vec::new(), false);
+        // The raw key ids already taken (at most MAX_KEYS): a repeat is never refused.
+        let mut seen: Vec<&[u8]> = Vec::new();
         for descriptor in &request.descriptors {
-            let target = match self.ask(&policies, descriptor, request.hits_addend, keys.len()) {
+            let target = match self.ask(&policies, descriptor, request.hits_addend, &mut seen) {
                 Asked::Unlimited => Target::Unlimited,
                 Asked::Refused(why, policy) => {
                     why.note();
@@ -97,8 +99,14 @@ enum Asked {
 }
 
 impl<S: Store> EnvoyRateLimitService<S> {
-    /// What `descriptor` asks, given how many distinct keys the request named before it.
-    fn ask(&self, policies: &Policies, descriptor: &RateLimitDescriptor, hits: u32, keys: usize) -> Asked {
+    /// What `descriptor` asks, given the key ids the request named before it.
+    fn ask<'a>(
+        &self,
+        policies: &Policies,
+        descriptor: &'a RateLimitDescriptor,
+        hits: u32,
+        seen: &mut Vec<&'a [u8]>,
+    ) -> Asked {
         let Some(entry) = descriptor.entries.iter().find(|entry| *entry.key == *self.key_entry) else {
             return Asked::Unlimited;
         };
@@ -106,9 +114,12 @@ impl<S: Store> EnvoyRateLimitService<S> {
         let Ok(key_id) = std::str::from_utf8(&entry.value) else {
             return Asked::Refused(Refusal::KeyNotUtf8, default());
         };
-        if keys >= MAX_KEYS {
-            // Not fingerprinted: past the limit, the request is refused whatever it holds.
-            return Asked::Refused(Refusal::TooManyKeys, default());
+        if !seen.contains(&entry.value.as_slice()) {
+            if seen.len() >= MAX_KEYS {
+                // Not fingerprinted: past the limit, a new key is refused whatever it is.
+                return Asked::Refused(Refusal::TooManyKeys, default());
+            }
+            seen.push(&entry.value);
         }
         let (cost, mode) = match &descriptor.hits_addend {
             // A negative hit would give units back; only time frees capacity, so the
