@@ -131,9 +131,12 @@ async fn start_up_says_what_is_in_force_and_sighup_without_a_limits_file_is_harm
 }
 
 #[test]
-fn help_explains_every_flag_and_its_environment_variable() {
+fn help_explains_every_flag_and_its_environment_variable_by_topic() {
     let output = ratelimitd(&["--help"], &[]).output().expect("run ratelimitd --help");
     let help = String::from_utf8_lossy(&output.stdout);
+    for heading in ["Serving:", "Redis:", "Limits and failure modes:", "Keys and the throttled-keys report:"] {
+        assert!(help.lines().any(|l| l == heading), "--help is grouped by topic: no {heading}");
+    }
     for flag in [
         "listen",
         "redis-url",

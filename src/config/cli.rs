@@ -21,55 +21,55 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Address the gRPC API listens on.
-    #[arg(long, env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051", value_parser = parse_address)]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_LISTEN", default_value = "0.0.0.0:50051", value_parser = parse_address)]
     pub listen: SocketAddr,
 
     /// Address of the HTTP API, for gateways that do not speak gRPC: POST /v1/check and
     /// /v1/peek (JSON), and forward authentication at /v1/auth (nginx auth_request, Traefik
     /// ForwardAuth). Off unless given.
-    #[arg(long, env = "RATELIMITD_HTTP_LISTEN", value_parser = parse_address)]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_HTTP_LISTEN", value_parser = parse_address)]
     pub http_listen: Option<SocketAddr>,
 
     /// The request header holding the API key for forward authentication (/v1/auth).
-    #[arg(long, env = "RATELIMITD_HTTP_KEY_HEADER", default_value = "x-api-key")]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_HTTP_KEY_HEADER", default_value = "x-api-key")]
     pub http_key_header: String,
 
     /// Address of the Prometheus endpoint, GET /metrics.
-    #[arg(long, env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_address)]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_METRICS_LISTEN", default_value = "0.0.0.0:9090", value_parser = parse_address)]
     pub metrics_listen: SocketAddr,
 
     /// PEM certificate chain of the gRPC port: with --tls-key, the port speaks TLS only.
-    #[arg(long, env = "RATELIMITD_TLS_CERT", requires = "tls_key")]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
-    #[arg(long, env = "RATELIMITD_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA certificates that client certificates must chain to: turns on mutual TLS
     /// (a client without such a certificate is refused). Needs --tls-cert.
-    #[arg(long, env = "RATELIMITD_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// Event-loop threads serving gRPC. Each serves the connections it accepts from start
     /// to end, with its own Redis connection, so a connection's requests and answers are
     /// batched into few system calls; the default is one per core.
-    #[arg(long, env = "RATELIMITD_WORKER_THREADS", value_parser = value_parser!(u16).range(1..=1024))]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_WORKER_THREADS", value_parser = value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 
     /// Server-side bound on each gRPC call, receiving the request included: a call (or a
     /// client that opens a stream and never sends) is ended with CANCELLED after it.
-    #[arg(long, env = "RATELIMITD_REQUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_REQUEST_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
     /// Redis to share limits through: redis://[user[:password]@]host:port[/db], or rediss:// for
     /// TLS. Without it, limits are kept in this process only. Never logged.
-    #[arg(long, env = "RATELIMITD_REDIS_URL", hide_env_values = true)]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Redis Cluster seed nodes instead of --redis-url, comma-separated
     /// (redis://host:6379,redis://host2:6379); the rest of the cluster is discovered.
-    #[arg(long, env = "RATELIMITD_REDIS_CLUSTER_NODES", value_delimiter = ',', hide_env_values = true,
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_CLUSTER_NODES", value_delimiter = ',', hide_env_values = true,
           conflicts_with_all = ["redis_url", "redis_sentinels"])]
     pub redis_cluster_nodes: Vec<String>,
 
@@ -77,6 +77,7 @@ pub struct Cli {
     /// service uses the master they name --redis-sentinel-master and follows failovers.
     #[arg(
         long,
+        help_heading = "Redis",
         env = "RATELIMITD_REDIS_SENTINELS",
         value_delimiter = ',',
         hide_env_values = true,
@@ -86,124 +87,152 @@ pub struct Cli {
     pub redis_sentinels: Vec<String>,
 
     /// The master name the sentinels monitor (e.g. mymaster).
-    #[arg(long, env = "RATELIMITD_REDIS_SENTINEL_MASTER", requires = "redis_sentinels")]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_SENTINEL_MASTER", requires = "redis_sentinels")]
     pub redis_sentinel_master: Option<String>,
 
     /// File holding the Redis (ACL) password, instead of putting it in --redis-url.
-    #[arg(long, env = "RATELIMITD_REDIS_PASSWORD_FILE")]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
 
     /// PEM CA certificates to verify a rediss:// server with, instead of the system's.
-    #[arg(long, env = "RATELIMITD_REDIS_CA_FILE")]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
     /// PEM client certificate for Redis servers that require one (rediss:// only).
-    #[arg(long, env = "RATELIMITD_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_CLIENT_CERT", requires = "redis_client_key")]
     pub redis_client_cert: Option<PathBuf>,
 
     /// PEM private key of --redis-client-cert.
-    #[arg(long, env = "RATELIMITD_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
     pub redis_client_key: Option<PathBuf>,
 
     /// Prefix of every Redis key ratelimitd writes; each key is <prefix>{<key fingerprint>}.
-    #[arg(long, env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "ratelimitd:")]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "ratelimitd:")]
     pub redis_key_prefix: String,
 
     /// Deadline of each Redis call, connecting included (e.g. 10ms, 50ms). A call that misses
     /// it is answered by the key's failure mode (--failure-mode).
-    #[arg(long, env = "RATELIMITD_REDIS_TIMEOUT", default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_TIMEOUT", default_value = "10ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
     /// What a check answers when Redis fails or misses its deadline, for policies that do not
     /// set their own `failure`: open (allow), closed (deny), or local (each replica enforces
     /// limit / --expected-replicas on its own exact in-process store).
-    #[arg(long, env = "RATELIMITD_FAILURE_MODE", value_enum, default_value_t = FailureModeArg::Local)]
+    #[arg(long, help_heading = "Limits and failure modes", env = "RATELIMITD_FAILURE_MODE", value_enum, default_value_t = FailureModeArg::Local)]
     pub failure_mode: FailureModeArg,
 
     /// How many ratelimitd replicas share the Redis: the local failure mode admits each
     /// window's limit divided by this on each replica (at least 1).
-    #[arg(long, env = "RATELIMITD_EXPECTED_REPLICAS", default_value_t = 1,
+    #[arg(long, help_heading = "Limits and failure modes", env = "RATELIMITD_EXPECTED_REPLICAS", default_value_t = 1,
           value_parser = value_parser!(u32).range(1..=10_000))]
     pub expected_replicas: u32,
 
     /// Redis connections per replica, each pipelining any number of concurrent calls; worker
     /// thread i uses connection i mod this. The default is one per worker thread (at most 256).
-    #[arg(long, env = "RATELIMITD_REDIS_CONNECTIONS", value_parser = value_parser!(u16).range(1..=256))]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_CONNECTIONS", value_parser = value_parser!(u16).range(1..=256))]
     pub redis_connections: Option<u16>,
 
     /// The most checks one Redis script call decides (1-1024). Checks that arrive on a
     /// connection while two of its calls are out wait and leave together, which costs
     /// Redis far less per check; 1 sends every check on its own. Redis Cluster always
     /// gets one check per call.
-    #[arg(long, env = "RATELIMITD_REDIS_BATCH", default_value_t = 32,
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_BATCH", default_value_t = 32,
           value_parser = value_parser!(u16).range(1..=1024))]
     pub redis_batch: u16,
 
     /// Answer a throttled key's requests locally while a Redis denial proves them
     /// denied (exact: only time frees capacity). Only with --redis-url.
-    #[arg(long, env = "RATELIMITD_DENY_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_DENY_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub deny_cache: bool,
 
     /// Requests (units of cost) each API key may make per window, by default.
-    #[arg(long, env = "RATELIMITD_LIMIT", default_value_t = 300, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        help_heading = "Limits and failure modes",
+        env = "RATELIMITD_LIMIT",
+        default_value_t = 300,
+        allow_negative_numbers = true
+    )]
     pub limit: u32,
 
     /// Length of the sliding window (e.g. 60s, 1m, 500ms).
-    #[arg(long, env = "RATELIMITD_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Limits and failure modes", env = "RATELIMITD_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub window: Duration,
 
     /// YAML file of policies and per-key overrides (see docs/configuration.md, "The limits file"). Its
     /// `default` section, if any, replaces --limit and --window. Reloaded when it changes
     /// and on SIGHUP; a file that does not validate is logged and the last good one kept.
-    #[arg(long, env = "RATELIMITD_LIMITS_FILE")]
+    #[arg(long, help_heading = "Limits and failure modes", env = "RATELIMITD_LIMITS_FILE")]
     pub limits_file: Option<PathBuf>,
 
     /// How often the limits file is checked for changes (its content is compared, so
     /// Kubernetes ConfigMap updates, which swap a symlink, are seen too); 2s if not given.
     /// Only with --limits-file.
-    #[arg(long, env = "RATELIMITD_LIMITS_POLL_INTERVAL", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Limits and failure modes", env = "RATELIMITD_LIMITS_POLL_INTERVAL", value_parser = parse_duration)]
     pub limits_poll_interval: Option<Duration>,
 
     /// The Envoy rate-limit descriptor entry whose value is the API key.
-    #[arg(long, env = "RATELIMITD_ENVOY_API_KEY_ENTRY", default_value = "api_key")]
+    #[arg(
+        long,
+        help_heading = "Limits and failure modes",
+        env = "RATELIMITD_ENVOY_API_KEY_ENTRY",
+        default_value = "api_key"
+    )]
     pub envoy_api_key_entry: String,
 
     /// Secret for the keyed fingerprints (HMAC-SHA-256) that name API keys in Redis and logs.
     /// Every replica sharing a Redis needs the same one; required with --redis-url.
     /// Prefer --fingerprint-secret-file or the environment over the command line.
-    #[arg(long, global = true, env = "RATELIMITD_FINGERPRINT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        help_heading = "Keys and the throttled-keys report",
+        global = true,
+        env = "RATELIMITD_FINGERPRINT_SECRET",
+        hide_env_values = true
+    )]
     pub fingerprint_secret: Option<String>,
 
     /// File holding the fingerprint secret (surrounding whitespace is ignored).
-    #[arg(long, global = true, env = "RATELIMITD_FINGERPRINT_SECRET_FILE", conflicts_with = "fingerprint_secret")]
+    #[arg(
+        long,
+        help_heading = "Keys and the throttled-keys report",
+        global = true,
+        env = "RATELIMITD_FINGERPRINT_SECRET_FILE",
+        conflicts_with = "fingerprint_secret"
+    )]
     pub fingerprint_secret_file: Option<PathBuf>,
 
     /// How many of the most throttled keys get a series of their own in the metrics.
-    #[arg(long, env = "RATELIMITD_THROTTLED_TOP_K", default_value_t = 20,
+    #[arg(long, help_heading = "Keys and the throttled-keys report", env = "RATELIMITD_THROTTLED_TOP_K", default_value_t = 20,
           value_parser = value_parser!(u16).range(1..=1000))]
     pub throttled_top_k: u16,
 
     /// Period of the throttled-keys report (the metrics cover the last one to two
     /// periods) and of the "key throttled" log line, at most once per key per period.
-    #[arg(long, env = "RATELIMITD_THROTTLED_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Keys and the throttled-keys report", env = "RATELIMITD_THROTTLED_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub throttled_interval: Duration,
 
     /// Fraction of its limit (0 to 1) a key must have used to count as near its limit.
-    #[arg(long, env = "RATELIMITD_NEAR_LIMIT_FRACTION", default_value_t = 0.8)]
+    #[arg(
+        long,
+        help_heading = "Keys and the throttled-keys report",
+        env = "RATELIMITD_NEAR_LIMIT_FRACTION",
+        default_value_t = 0.8
+    )]
     pub near_limit_fraction: f64,
 
     /// Log format. The level comes from RUST_LOG (default: info).
-    #[arg(long, env = "RATELIMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
     /// On SIGTERM or SIGINT, how long in-flight calls may take to finish before exiting.
-    #[arg(long, env = "RATELIMITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// On SIGTERM or SIGINT, how long to keep serving new calls while gRPC health says
     /// NOT_SERVING, before draining: Kubernetes takes a moment to stop routing to a pod it
     /// is ending, and calls routed to it meanwhile are answered rather than refused.
-    #[arg(long, env = "RATELIMITD_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 }
 
