@@ -5,25 +5,8 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::gateway::post;
 use common::{Backend, TestServer, peek};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends `body` to `POST path`; the status, the headers (lower case) and the body.
-async fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: ratelimitd\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status");
-    (status, head.to_ascii_lowercase(), body.to_owned())
-}
 
 async fn server(limit: u32) -> (TestServer, SocketAddr) {
     let server = TestServer::start_with_http(Backend::memory().config(limit, "60s")).await;
@@ -40,24 +23,27 @@ fn json(body: &str) -> serde_json::Value {
 async fn a_json_check_answers_as_grpc_does_with_the_headers() {
     let (server, http) = server(2).await;
     for remaining in [1, 0] {
-        let (status, head, body) = post(http, "/v1/check", "application/json", br#"{"key_id":"sk_live_1"}"#).await;
+        let reply = post(http, "/v1/check", "application/json", br#"{"key_id":"sk_live_1"}"#).await;
+        let (status, body) = (reply.status, &reply.body);
         assert_eq!(status, 200, "{body}");
-        let answer = json(&body);
+        let answer = json(body);
         assert_eq!((answer["allowed"].as_bool(), answer["remaining"].as_u64()), (Some(true), Some(remaining)));
         assert_eq!((answer["limit"].as_u64(), answer["policy"].as_str()), (Some(2), Some("default")));
         assert_eq!(answer["fallback"], "none");
-        assert!(head.contains("ratelimit-policy: \"default\";q=2;w=60"), "{head}");
+        assert_eq!(reply.header("ratelimit-policy"), Some("\"default\";q=2;w=60"), "{reply:?}");
     }
-    let (status, head, body) = post(http, "/v1/check", "application/json", br#"{"key_id":"sk_live_1","cost":1}"#).await;
+    let reply = post(http, "/v1/check", "application/json", br#"{"key_id":"sk_live_1","cost":1}"#).await;
+    let (status, body) = (reply.status, &reply.body);
     assert_eq!(status, 429, "{body}");
-    let answer = json(&body);
+    let answer = json(body);
     assert_eq!(answer["allowed"], false);
     assert!(answer["retry_after_ms"].as_u64().is_some_and(|ms| ms > 58_000), "{body}");
-    assert!(head.contains("retry-after: 60") || head.contains("retry-after: 59"), "{head}");
+    assert!(matches!(reply.header("retry-after"), Some("60" | "59")), "{reply:?}");
     // The same key through gRPC: one history.
     assert!(!peek(&mut server.client().await, "sk_live_1", 1).await.allowed, "one history with gRPC");
-    let (status, _, body) = post(http, "/v1/peek", "application/json", br#"{"key_id":"sk_live_2","cost":2}"#).await;
-    assert_eq!((status, json(&body)["remaining"].as_u64()), (200, Some(0)));
+    let reply = post(http, "/v1/peek", "application/json", br#"{"key_id":"sk_live_2","cost":2}"#).await;
+    let (status, body) = (reply.status, &reply.body);
+    assert_eq!((status, json(body)["remaining"].as_u64()), (200, Some(0)));
     assert!(peek(&mut server.client().await, "sk_live_2", 2).await.allowed, "a peek counted nothing");
 }
 
@@ -77,15 +63,16 @@ async fn bad_input_is_a_400_naming_the_field_and_counts_nothing() {
         (br#"{"key_id":"sk_live_SECRET_1","cost":4294967296}"#, "of the wrong type"),
     ];
     for (body, message) in cases {
-        let (status, _, answer) = post(http, "/v1/check", "application/json", body).await;
+        let reply = post(http, "/v1/check", "application/json", body).await;
+        let (status, answer) = (reply.status, &reply.body);
         assert_eq!(status, 400, "{answer}");
-        let problem = json(&answer);
+        let problem = json(answer);
         assert_eq!(problem["error"], "invalid_argument");
         let text = problem["message"].as_str().unwrap_or_default();
         assert!(text.contains(message), "{text:?} lacks {message:?}");
         assert!(!answer.contains("SECRET"), "the key was echoed: {answer}");
     }
-    let (status, _, _) = post(http, "/v1/check", "application/json", &vec![b' '; 20 * 1024]).await;
+    let status = post(http, "/v1/check", "application/json", &vec![b' '; 20 * 1024]).await.status;
     assert_eq!(status, 413, "a body over 16 KiB");
     assert_eq!(peek(&mut server.client().await, "sk_live_SECRET_1", 1).await.remaining, 4, "nothing was counted");
 }

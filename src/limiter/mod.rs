@@ -24,6 +24,7 @@ use crate::domain::{
 };
 use crate::metrics::{self, CheckResult, InFlight, Throttled};
 use crate::store::{MemoryStore, Store, StoreError};
+use crate::sync::LogEvery;
 
 /// A decision with what it was made under.
 #[derive(Debug, Clone)]
@@ -296,31 +297,6 @@ impl<S: Store> Limiter<S> {
     fn key(&self, key_id: &str) -> Result<Fingerprint, InvalidRequest> {
         validate_key(key_id)?;
         Ok(self.fingerprinter.fingerprint(key_id))
-    }
-}
-
-/// At most one log line per [`LOG_EVERY`] for one kind of event, with how many happened.
-#[derive(Debug, Default)]
-struct LogEvery {
-    last_ms: std::sync::atomic::AtomicU64,
-    since: std::sync::atomic::AtomicU64,
-}
-
-const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl LogEvery {
-    /// Counts one event; `Some(count since the last line)` when a line is due.
-    fn due(&self) -> Option<u64> {
-        let since = self.since.fetch_add(1, Ordering::Relaxed) + 1;
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
-        if due && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            self.since.fetch_sub(since, Ordering::Relaxed);
-            return Some(since);
-        }
-        None
     }
 }
 

@@ -32,15 +32,6 @@ impl KeyChecks {
         self.checks.len() - 1
     }
 
-    /// How many distinct keys.
-    pub fn len(&self) -> usize {
-        self.checks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.checks.is_empty()
-    }
-
     /// Makes every check a peek: the request is refused whole, so none of its keys
     /// may count it, and each key's status is what it would have answered.
     pub fn peek_only(&mut self) {

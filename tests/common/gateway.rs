@@ -38,8 +38,30 @@ impl Reply {
 
 /// `GET path` with `headers` (their values sent byte for byte), on a connection of its own.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Reply {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: partner-api\r\nConnection: close\r\n").into_bytes();
+    let reply = try_request(addr, "GET", path, headers, b"").await;
+    reply.unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
+}
+
+/// `POST path` with `body` of `content_type`.
+pub async fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Reply {
+    let reply = try_request(addr, "POST", path, &[("content-type", content_type.as_bytes())], body).await;
+    reply.unwrap_or_else(|e| panic!("POST {path} to {addr}: {e}"))
+}
+
+/// One HTTP/1.1 request on a connection of its own, answered within 10 s.
+async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: partner-api\r\nConnection: close\r\n");
+    let mut request = head.into_bytes();
+    if !body.is_empty() {
+        request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
     for (name, value) in headers {
         request.extend_from_slice(name.as_bytes());
         request.extend_from_slice(b": ");
@@ -47,13 +69,11 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Rep
         request.extend_from_slice(b"\r\n");
     }
     request.extend_from_slice(b"\r\n");
-    stream.write_all(&request).await.expect("send the request");
+    request.extend_from_slice(body);
+    stream.write_all(&request).await?;
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("a response within 10 s")
-        .expect("read the response");
-    parse(&raw)
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await??;
+    Ok(parse(&raw))
 }
 
 fn parse(raw: &[u8]) -> Reply {
@@ -140,15 +160,8 @@ impl Envoy {
     async fn wait_ready(&self) {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(Ok(mut stream)) =
-                tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(self.addr)).await
-            {
-                let request = b"GET /ready HTTP/1.1\r\nHost: partner-api\r\nConnection: close\r\n\r\n";
-                let mut raw = Vec::new();
-                let answered = stream.write_all(request).await.is_ok() && stream.read_to_end(&mut raw).await.is_ok();
-                if answered && raw.starts_with(b"HTTP/1.1 200") {
-                    return;
-                }
+            if try_request(self.addr, "GET", "/ready", &[], b"").await.is_ok_and(|reply| reply.status == 200) {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

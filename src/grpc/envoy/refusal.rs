@@ -1,14 +1,9 @@
 //! Why `ShouldRateLimit` refused a descriptor without asking the store: counted in
-//! `ratelimitd_envoy_refusals_total` by reason, and logged at most once per reason per
-//! [`LOG_EVERY`] with the count since (never the key).
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! `ratelimitd_envoy_refusals_total` by reason, and logged at most once per reason every
+//! 10 s with the count since (never the key).
 
 use crate::metrics;
-
-/// The least time between two log lines of one reason.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+use crate::sync::LogEvery;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
@@ -25,9 +20,8 @@ pub(super) enum Refusal {
     NegativeHits,
 }
 
-/// Per reason: when it was last logged (Unix ms), and how often it happened since.
-static LAST_LOGGED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
-static SINCE_LOGGED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+/// The pacing of each reason's log line.
+static LOGGED: [LogEvery; 6] = [const { LogEvery::new() }; 6];
 
 impl Refusal {
     pub(super) const ALL: [Self; 6] = [
@@ -65,13 +59,7 @@ impl Refusal {
     /// Counts this refusal, and logs it if its reason was not logged lately.
     pub(super) fn note(self) {
         metrics::envoy_refusal(self.as_str());
-        let i = self as usize;
-        let since = SINCE_LOGGED[i].fetch_add(1, Ordering::Relaxed) + 1;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let last = LAST_LOGGED[i].load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;
-        if due && LAST_LOGGED[i].compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            SINCE_LOGGED[i].fetch_sub(since, Ordering::Relaxed);
+        if let Some(since) = LOGGED[self as usize].due() {
             tracing::warn!(reason = self.as_str(), descriptors = since, "ShouldRateLimit: {}", self.what());
         }
     }
