@@ -3,8 +3,10 @@
 --
 -- The script decides one or more requests, in order, each as if called alone: a batch of
 -- checks costs Redis one script call instead of one each.
--- KEYS[k]  the ring of check k's API key, named <prefix>{<fingerprint>} (one key, one Cluster
---          slot; a batch on Redis Cluster must keep to one slot)
+-- KEYS[k]  the history of check k's API key, named <prefix>{<fingerprint>}:2 (one key, one
+--          Cluster slot; a batch on Redis Cluster must keep to one slot). A name ending in
+--          '}:2' also names the previous release's ring, <prefix>{<fingerprint>}, which is
+--          read (never written) while it exists: see "Rolling deploys" below.
 -- ARGV[1]  '' to use Redis TIME, or the caller's clock in Unix ms, for every check. The service
 --          always passes ''; a caller clock (trusting each replica's clock) exists for Redis
 --          services that forbid TIME in scripts and for tests that replay a timeline.
@@ -14,7 +16,7 @@
 --   mode    'consume' (count the request if it fits every window) or 'peek' (write nothing);
 --           or, for one request that names several keys, 'all' (count it only if every
 --           check of the call fits) or 'ask' (it must fit too, and is never counted)
---   L1 W1   limit and window (ms) of the longest window, 1 <= L, 1 <= W < 2^52
+--   L1 W1   limit and window (ms) of the longest window, 1 <= L < 2^22, 1 <= W < 2^38
 --   ...     up to 3 further windows, each shorter than the one before
 --          A batch's checks mostly have one policy and cost 1, so their strings are equal:
 --          each distinct string is parsed once per call.
@@ -32,271 +34,464 @@
 -- A call of 'all' and 'ask' checks, each of another key, is one all-or-nothing decision:
 -- each is peeked, and only if every one fits are the 'all' ones counted (a key not ours fails
 -- its check and nothing counts). A call that mixes them with others fails whole.
--- Needs Redis 6.2 or newer (SET ... KEEPTTL).
+-- Only an allowed, counted request writes; a denial and a peek write nothing.
 --
--- Storage: one string per API key. A 40-byte header (little-endian): the ring's capacity C
--- (u32), its head (u32), the frontier hint (u32), the format version (u32, 1), when the key
--- expires (i64, Unix ms), its newest entry (i64, Unix ms) and the mark (i64): the cutoff the
--- hint was found at (Unix ms), or, when the hint is the head (every slot inside the window),
--- -2^52 minus the oldest slot's time, so that a full ring's denial needs no slot read; then
--- C >= L slots of 8-byte Unix-ms timestamps, the times of the last C allowed units, oldest at
--- the head. A slot never used holds 0, older than any window. C is the largest limit the
--- key has had while it lived: a lowered limit never drops history.
+-- Storage: one string per API key, the requests it counted inside its longest window, one
+-- entry per request. A 40-byte header (little-endian): format (u8, 2), the bytes of an
+-- entry's time T (u8: 3 or 5) and of its count K (u8: 0 or 3), capacity C (u32, entries),
+-- head (u32, where the oldest entry is), n (u32, entries held), newest, oldest (i48, Unix ms:
+-- the times of the newest and the oldest entry), expires (i48: on the key's clock, the
+-- history is forgotten from then on), base (u24: the count before the oldest entry), total
+-- (u32: the units held); then C entries of T + K bytes in a ring, oldest at the head: the
+-- time modulo 2^(8T) and, when K = 3, the units counted up to and including it, modulo
+-- 2^24. K = 0 while every request was of cost 1 under limits up to 512: then an entry is a
+-- unit. The full layout, its sizes and why: docs/design.md#the-algorithm.
 --
--- Invariants (the exactness rule, on this clock, at millisecond resolution), for each
--- window (L, W); every window reads the same history, since an allowed unit counts in all:
--- * a request of cost c fits iff slot C-L+c-1 (0 = oldest) is at least W old: then at most
---   L-c units were allowed in (now-W, now], so allowing c keeps every window at or under L
---   (never over), and no fitting request is denied (never under);
--- * it is allowed iff it fits every window, and then counts in all of them;
--- * a denial's retry_after is the largest (that slot + W - now) over the windows it does not
---   fit: only time frees capacity, so the same request is allowed then (honest retry);
+-- Invariants (the exactness rule, on this clock, at millisecond resolution):
+-- * the units in window (L, W) are those of the entries newer than now - W; a request of cost
+--   c fits iff they are at most L - c (never over, never under), and is allowed iff it fits
+--   every window, then counting in all of them;
+-- * a denial's retry_after is the largest, over the windows it does not fit, of (the time of
+--   the entry holding the (units + c - L)-th oldest unit in that window) + W - now: only time
+--   frees capacity (honest retry);
 -- * time never runs backwards for a key: now is at least its newest entry;
--- * a raised limit grows the ring once with empty slots in front; a lowered one keeps every
---   entry; W is not stored, entries are times, so any W applies to the same history;
--- * the key expires only after its newest entry has left the longest window it was used
---   with (the header's expiry only moves later).
+-- * an allowed request first drops the entries outside its policy's longest window; the
+--   expiry is at least the newest entry plus the longest window of every request checked
+--   since (a denial moves it too, writing nothing else); a key past it holds nothing;
+-- * every entry held is within 2^(8T)/4 ms of the newest, so times decode exactly, and the
+--   units held are at most the largest limit, below 2^22, so counts do.
 --
--- Why it reads and writes as it does (frontier hint, galloping, a full ring's mark, the TTL
--- pushed out in steps of W/8): docs/design.md#the-algorithm.
+-- Rolling deploys: the previous release kept a ring of 8-byte times under the name without
+-- ':2'. While it exists its units inside a window count as well, read when a request would
+-- otherwise be allowed (they can only deny more, so a denial's retry_after counts this
+-- layout's units alone). The previous release never reads this layout: its replicas count
+-- only their own units until they are replaced.
 
 local HEADER = 40
-local LAYOUT = '<I4I4I4I4i8i8i8'
-local SLOT = 8
-local FORMAT = 1
-local ZERO_SLOT = string.rep('\0', SLOT)
--- A mark at or below -TAG holds the oldest slot's time (see the header).
-local TAG = 4503599627370496
--- Constant offsets as strings: Redis formats every number passed to redis.call() with
--- %.17g, about 0.2 us each, and the header is read by every check.
+local LAYOUT = '<BBBI4I4I4i6i6i6I3I4'
+local FORMAT = 2
+local CUM = 16777216 -- counts are kept modulo 2^24
+local UNIT_LIMIT = 512 -- the largest limit under which a cost-1 key keeps K = 0
+local MAX_LIMIT, MAX_WINDOW = 4194304, 274877906944
+local LARGE = 4096 -- bytes of entries from which a full ring grows in place
+local ENTRY = {[3] = {[0] = '<I3'}, [5] = {[0] = '<I5', [3] = '<I5I3'}}
 local HEADER_FIRST, HEADER_LAST = '0', tostring(HEADER - 1)
+local EXPIRES_AT = 27 -- the expiry's offset in the header
 local floor, min, max = math.floor, math.min, math.max
 
--- The ring being decided, set by decide() for the helpers below.
-local ring_key, ring_head, ring_capacity, ring_body, seen
-
--- Slot j of the ring being decided, 0 = oldest (each read at most once per check). A peek that
--- grew the ring reads the grown copy it did not write.
-local function slot_at(j)
-  local value = seen[j]
-  if not value then
-    local offset = ((ring_head + j) % ring_capacity) * SLOT
-    if ring_body then
-      value = struct.unpack('<i8', string.sub(ring_body, offset + 1, offset + SLOT))
-    else
-      value = struct.unpack('<i8', redis.call('GETRANGE', ring_key, HEADER + offset, HEADER + offset + SLOT - 1))
-    end
-    seen[j] = value
+-- The time bytes of a key's entries: 3 for a key of units (K = 0) under windows below 2^22
+-- ms (70 minutes), else 5. Every entry held is within the longest window of the newest, and
+-- times decode exactly within a quarter of 2^(8T) ms. Only keys of units (at most UNIT_LIMIT
+-- entries) ever change format.
+local function time_bytes(longest, k_bytes)
+  if k_bytes == 0 and longest < 4194304 then
+    return 3
   end
-  return value
+  return 5
 end
 
--- The first slot in lo..hi-1 newer than cutoff (hi if none), knowing every slot
--- before lo is at most cutoff and every slot from hi on newer.
-local function bisect(lo, hi, cutoff)
+-- The history being decided, set by load() for the helpers below.
+local key, T, K, width, C, head, n, newest, oldest, expires, base, total, modulo
+local seen_t, seen_c
+
+-- The time and count of entry j, 0 = oldest (each read at most once per check).
+local function read(j)
+  local offset = HEADER + ((head + j) % C) * width
+  local raw = redis.call('GETRANGE', key, offset, offset + width - 1)
+  local stamp, cum = struct.unpack(ENTRY[T][K], raw)
+  seen_t = seen_t or {}
+  seen_t[j] = newest - (newest % modulo - stamp) % modulo
+  if K > 0 then
+    seen_c = seen_c or {}
+    seen_c[j] = cum
+  end
+end
+
+-- The header holds the oldest and the newest entry's times.
+local function time_at(j)
+  if j == 0 then
+    return oldest
+  elseif j == n - 1 then
+    return newest
+  end
+  local t = seen_t and seen_t[j]
+  if not t then
+    read(j)
+    t = seen_t[j]
+  end
+  return t
+end
+
+-- The units held in entries 0..j-1.
+local function before(j)
+  if j == 0 then
+    return 0
+  elseif j == n then
+    return total
+  elseif K == 0 then
+    return j
+  end
+  local cum = seen_c and seen_c[j - 1]
+  if not cum then
+    read(j - 1)
+    cum = seen_c[j - 1]
+  end
+  return (cum - base) % CUM
+end
+
+-- The first j in lo..hi-1 with f(j) true (hi if none), f false before and true after it.
+-- (Used where closures are cheap enough: the previous release's ring and the rare paths.)
+local function bisect(lo, hi, f)
   while lo < hi do
     local mid = floor((lo + hi) / 2)
-    if slot_at(mid) <= cutoff then
-      lo = mid + 1
-    else
+    if f(mid) then
       hi = mid
+    else
+      lo = mid + 1
     end
   end
   return lo
 end
 
--- The same, galloping forward from lo: cheap when the frontier is just past lo.
+-- The first entry in lo..hi-1 newer than cutoff (hi if none), every entry before lo being
+-- at most cutoff and every one from hi on newer: a bisection, galloping forward from lo
+-- (the oldest entries leave a window first) or back from hi (few entries inside a short
+-- window). No closures: this runs for every check.
+local function search(lo, hi, cutoff)
+  while lo < hi do
+    local mid = floor((lo + hi) / 2)
+    if time_at(mid) > cutoff then
+      hi = mid
+    else
+      lo = mid + 1
+    end
+  end
+  return lo
+end
+
 local function gallop_forward(lo, hi, cutoff)
   local step = 1
   while lo < hi do
     local probe = min(lo + step - 1, hi - 1)
-    if slot_at(probe) > cutoff then
-      return bisect(lo, probe, cutoff)
+    if time_at(probe) > cutoff then
+      return search(lo, probe, cutoff)
     end
-    lo = probe + 1
-    step = step * 2
+    lo, step = probe + 1, step * 2
   end
   return lo
 end
 
--- The same, galloping back from hi: cheap when few slots are inside the window.
 local function gallop_back(lo, hi, cutoff)
   local step = 1
   while lo < hi do
     local probe = max(hi - step, lo)
-    if slot_at(probe) <= cutoff then
-      return bisect(probe + 1, hi, cutoff)
+    if time_at(probe) <= cutoff then
+      return search(probe + 1, hi, cutoff)
     end
-    hi = probe
-    step = step * 2
+    hi, step = probe, step * 2
   end
   return lo
 end
 
+-- Loads `name`'s header; false if it holds no history on the clock `now`, or a string if it
+-- is not ours.
+local function load(name, now)
+  key, seen_t, seen_c = name, nil, nil
+  local header = redis.call('GETRANGE', name, HEADER_FIRST, HEADER_LAST)
+  if #header == 0 then
+    return false
+  end
+  if #header < HEADER then
+    return 'ERR ratelimitd: key ' .. name .. ' does not hold a format ' .. FORMAT .. ' ratelimitd history'
+  end
+  local format
+  format, T, K, C, head, n, newest, oldest, expires, base, total = struct.unpack(LAYOUT, header)
+  if format ~= FORMAT or not ENTRY[T] or not ENTRY[T][K] then
+    return 'ERR ratelimitd: key ' .. name .. ' does not hold a format ' .. FORMAT .. ' ratelimitd history'
+  end
+  width, modulo = T + K, 2 ^ (8 * T)
+  if now >= expires or n == 0 then
+    return false
+  end
+  return true
+end
+
+-- The previous release's ring (see the top): a function giving its units newer than a time,
+-- and its newest unit; nil if there is none on the clock `now`.
+local function previous_ring(name, now)
+  if string.sub(name, -3) ~= '}:2' then
+    return nil
+  end
+  local ring = string.sub(name, 1, -3)
+  local header = redis.call('GETRANGE', ring, HEADER_FIRST, HEADER_LAST)
+  if #header < HEADER then
+    return nil
+  end
+  local capacity, ring_head, _, format, _, ring_newest = struct.unpack('<I4I4I4I4i8i8', header)
+  if format ~= 1 or ring_newest <= 0 then
+    return nil
+  end
+  local slots = {}
+  local function slot(j)
+    if not slots[j] then
+      local offset = HEADER + ((ring_head + j) % capacity) * 8
+      slots[j] = struct.unpack('<i8', redis.call('GETRANGE', ring, offset, offset + 7))
+    end
+    return slots[j]
+  end
+  return function(after)
+    return capacity - bisect(0, capacity, function(j) return slot(j) > after end)
+  end, ring_newest
+end
+
 local out = {} -- the call's reply (see the top)
 
--- Decides `check` (a parsed argument, see parse() below) for `key`: the script's work for
+-- One window's spare and retry_after for a request of `cost` at `now`: `units_after(t)` gives
+-- the units counted after t; `first` is the first entry inside the window.
+local function judge(limit, window, cost, now, first, previous)
+  local cutoff = now - window
+  local gone = before(first)
+  local units = total - gone
+  if previous then
+    units = units + previous(cutoff)
+  end
+  local need = units + cost - limit
+  if need <= 0 then
+    return limit - units, 0
+  end
+  local spare = limit - units
+  if spare < 0 then
+    spare = 0
+  end
+  if not previous then
+    -- The entry holding the need-th oldest unit in the window.
+    local unit = gone + need - 1
+    local j, hi = unit, n
+    if K > 0 then
+      j = first
+      while j < hi do
+        local mid = floor((j + hi) / 2)
+        if before(mid + 1) > unit then
+          hi = mid
+        else
+          j = mid + 1
+        end
+      end
+    end
+    return spare, time_at(j) + window - now
+  end
+  -- Two histories: the first time by which need units of both have left (rare: a rollout).
+  local function after(t)
+    return total - before(search(first, n, t)) + previous(t)
+  end
+  local t = bisect(cutoff + 1, now, function(t) return units - after(t) >= need end)
+  return spare, t + window - now
+end
+
+-- The whole value of a history holding entries keep..n-1 and then one at `now`, in entry
+-- format (t_bytes, k_bytes) and `capacity` entries: for a new key, a wider entry or a full ring.
+local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
+  local kept, body = n - keep, ''
+  if kept > 0 then
+    local all = redis.call('GETRANGE', key, HEADER, HEADER + C * width - 1)
+    if t_bytes == T and k_bytes == K then
+      local from, to = (head + keep) % C, (head + n) % C
+      if from < to then
+        body = string.sub(all, from * width + 1, to * width)
+      else
+        body = string.sub(all, from * width + 1) .. string.sub(all, 1, to * width)
+      end
+    else
+      local parts, format, wrap = {}, ENTRY[t_bytes][k_bytes], 2 ^ (8 * t_bytes)
+      for j = keep, n - 1 do
+        local stamp, cum = struct.unpack(ENTRY[T][K], all, ((head + j) % C) * width + 1)
+        if K == 0 then
+          cum = base + j + 1
+        end
+        local t = newest - (newest % modulo - stamp) % modulo
+        parts[#parts + 1] = struct.pack(format, t % wrap, cum % CUM)
+      end
+      body = table.concat(parts)
+    end
+  end
+  local entry = struct.pack(ENTRY[t_bytes][k_bytes], now % 2 ^ (8 * t_bytes), (base + total + cost) % CUM)
+  return body .. entry .. string.rep('\0', (capacity - kept - 1) * (t_bytes + k_bytes))
+end
+
+-- Grows a full ring of LARGE bytes or more where it lies, not through Lua: Redis extends the
+-- string with zeros and the entries before the head are copied past the old end, so the
+-- ring's entries lie unwrapped from the head. (Redis may over-allocate a string grown so, by
+-- up to twice below 1 MB: a small price at this size, too much for small keys, which are
+-- rewritten at their exact size.)
+local function grow_in_place(limit)
+  local capacity = C + max(head + 1, min(C, limit - C), floor(C / 4))
+  redis.call('SETRANGE', key, HEADER + capacity * width - 1, '\0')
+  if head > 0 then
+    local wrapped = redis.call('GETRANGE', key, HEADER, HEADER + head * width - 1)
+    redis.call('SETRANGE', key, HEADER + C * width, wrapped)
+  end
+  C = capacity
+end
+
+-- Counts an allowed request of `cost` at `now` (`clock`: the call's own clock), having found
+-- `first`, the first entry inside the longest window: drops the entries before it, then adds
+-- one (or, at the newest entry's millisecond, adds to it).
+local function record(name, exists, check, now, clock, first)
+  local cost, longest = check.cost, check.windows[1]
+  local k_bytes = 0
+  if cost > 1 or check.capacity > UNIT_LIMIT or (exists and K > 0) then
+    k_bytes = 3
+  end
+  local t_bytes = time_bytes(longest, k_bytes)
+  if not exists then
+    key, T, K, C, head, n, newest, oldest, expires, base, total = name, t_bytes, k_bytes, 1, 0, 0, 0, now, 0, 0, 0
+    first = 0
+  else
+    t_bytes = max(t_bytes, T)
+  end
+  local next_oldest = first < n and time_at(first) or now
+  local dropped = before(first)
+  local new_base = (base + dropped) % CUM
+  local kept = n - first
+  local new_expires = expires
+  if expires < now + longest then
+    new_expires = now + longest + floor(longest / 8)
+  end
+  local header = function(capacity, new_head, entries)
+    return struct.pack(LAYOUT, FORMAT, t_bytes, k_bytes, capacity, new_head, entries, now, next_oldest,
+      new_expires, new_base, total - dropped + cost)
+  end
+  local same = exists and t_bytes == T and k_bytes == K
+  if same and kept >= C and C * width >= LARGE then
+    grow_in_place(check.capacity)
+  end
+  if same and k_bytes > 0 and kept > 0 and newest == now then
+    -- The newest entry's millisecond: its count grows, no entry is added.
+    local offset = HEADER + ((head + n - 1) % C) * width
+    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[T][K], now % modulo, (base + total + cost) % CUM))
+    redis.call('SETRANGE', key, HEADER_FIRST, header(C, (head + first) % C, kept))
+  elseif same and kept < C then
+    local offset = HEADER + ((head + n) % C) * width
+    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[T][K], now % modulo, (base + total + cost) % CUM))
+    redis.call('SETRANGE', key, HEADER_FIRST, header(C, (head + first) % C, kept + 1))
+  else
+    -- New, wider or full: the whole value written once at its exact size (a SETRANGE past
+    -- the end would over-allocate), the ring grown by up to twice, at most to the limit.
+    local capacity = 1
+    if exists then
+      capacity = C
+      if kept >= C then
+        capacity = min(2 * C, check.capacity)
+        if capacity <= kept then
+          capacity = kept + max(1, floor(kept / 4))
+        end
+      end
+    end
+    local value = header(capacity, 0, kept + 1) .. rewrite(first, now, cost, t_bytes, k_bytes, capacity)
+    if not exists then
+      -- Its expiry relative to the call's clock, so a caller clock behind Redis's expires
+      -- nothing early.
+      redis.call('SET', key, value, 'PX', new_expires - clock)
+      return
+    end
+    redis.call('SET', key, value, 'KEEPTTL')
+  end
+  if new_expires ~= expires then
+    redis.call('PEXPIRE', key, new_expires - clock)
+  end
+end
+
+-- The first entry inside the longest window at `now`: the oldest entries leave it first.
+local function first_inside(longest, now)
+  if n > 0 and oldest <= now - longest then
+    return gallop_forward(1, n, now - longest)
+  end
+  return 0
+end
+
+-- Writes the decision on `check` at `now` into `out` from `at` (see the top) and returns
+-- whether it is allowed; `first` is first_inside() and `previous` the previous release's ring.
+local function judge_all(check, now, last, first, previous, at)
+  local cost, limits, windows = check.cost, check.limits, check.windows
+  local allowed = true
+  out[at + 1], out[at + 2] = now, last
+  for i = 1, check.count do
+    local w = windows[i]
+    local f = first
+    if i > 1 then
+      f = gallop_back(first, n, now - w)
+    end
+    local spare, retry = judge(limits[i], w, cost, now, f, previous)
+    if retry > 0 then
+      allowed = false
+    end
+    out[at + 2 * i + 1], out[at + 2 * i + 2] = spare, retry
+  end
+  out[at] = allowed and 1 or 0
+  return allowed
+end
+
+-- Decides `check` (a parsed argument, see parse() below) for `name`: the script's work for
 -- one check (see the top). Writes the decision's values into `out` from index `at` and
 -- returns nothing, or returns a string saying what is wrong with the key, having written
 -- nothing.
-local function decide(key, check, now, at, peek_only)
-  local cost, peek, limits, windows, count = check.cost, check.peek or peek_only, check.limits, check.windows, check.count
-  local capacity_needed, longest, slack = check.capacity, windows[1], check.slack
-
-  local header = redis.call('GETRANGE', key, HEADER_FIRST, HEADER_LAST)
-  if #header < HEADER then
-    out[at], out[at + 1], out[at + 2] = 1, now, 0
-    for i = 1, count do
-      out[at + 2 * i + 1] = limits[i]
-      out[at + 2 * i + 2] = 0
-    end
-    if peek then
-      return
-    end
-    -- A new key: Redis allocates the whole ring at its exact size, zero-filled, once
-    -- (a SETRANGE past the end of a missing key), so no Lua string of C slots is built
-    -- and hashed, and later writes never grow (and over-allocate) it. The first c
-    -- slots follow the header, so one write sets both.
-    local stamp = struct.pack('<i8', now)
-    local expires = now + longest + slack
-    local capacity = capacity_needed
-    redis.call('SETRANGE', key, HEADER + (capacity - 1) * SLOT, ZERO_SLOT)
-    redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, cost % capacity, 0, FORMAT, expires, now, 0) .. string.rep(stamp, cost))
-    redis.call('PEXPIREAT', key, expires)
-    return
+local function decide(name, check, clock, at, peek_only)
+  local exists = load(name, clock)
+  if type(exists) == 'string' then
+    return exists
+  elseif not exists then
+    n, total = 0, 0
   end
-
-  local capacity, head, hint, format, expires, newest, mark = struct.unpack(LAYOUT, header)
-  if format ~= FORMAT then
-    return 'ERR ratelimitd: key ' .. key .. ' does not hold a format ' .. FORMAT .. ' ratelimitd ring'
-  end
-  local body = nil
-  if capacity < capacity_needed then
-    body = redis.call('GETRANGE', key, HEADER, -1)
-    if #body ~= capacity * SLOT then
-      return 'ERR ratelimitd: key ' .. key .. ' does not hold a ratelimitd ring'
-    end
-    local split = head * SLOT
-    body = string.rep(ZERO_SLOT, capacity_needed - capacity) .. string.sub(body, split + 1) .. string.sub(body, 1, split)
-    capacity, head, hint, mark = capacity_needed, 0, 0, 0
-    if not peek then
-      redis.call('SET', key, struct.pack(LAYOUT, capacity, head, hint, FORMAT, expires, newest, mark) .. body, 'KEEPTTL')
-      body = nil
-    end
-  end
-
-  ring_key, ring_head, ring_capacity, ring_body, seen = key, head, capacity, body, {}
-  local oldest_known = mark <= -TAG
-  if oldest_known then
-    seen[0] = -TAG - mark
-  end
-
-  if newest > now then
-    now = newest
-  end
-
-  -- The longest window's frontier: every slot before the hint was outside the window
-  -- at the last call, and cutoffs only grow, so search from there.
-  local cutoff = now - longest
-  local start = 0
-  if cutoff >= mark then
-    start = (hint - head) % capacity
-  end
-  local frontier = gallop_forward(start, capacity, cutoff)
-  local new_hint = (head + frontier) % capacity
-
-  local allowed = 1
-  out[at + 1], out[at + 2] = now, newest
-  for i = 1, count do
-    local l, w = limits[i], windows[i]
-    local decisive = capacity - l + cost - 1
-    local f = frontier
-    if i > 1 then
-      local c = now - w
-      if slot_at(decisive) <= c then
-        f = gallop_back(decisive + 1, capacity, c)
-      else
-        f = gallop_back(0, decisive, c)
+  local longest = check.windows[1]
+  local last = exists and newest or 0
+  local now = max(clock, last)
+  local first = first_inside(longest, now)
+  local allowed = judge_all(check, now, last, first, nil, at)
+  if allowed then
+    -- The previous release's units can only deny more: a denial needs no look at them
+    -- (its retry_after may then be short while both releases run; see the top).
+    local previous, previous_newest = previous_ring(name, clock)
+    if previous and previous_newest > now - longest then
+      key = name
+      if previous_newest > last then
+        last = previous_newest
+        if last > now then
+          now = last
+          first = first_inside(longest, now)
+        end
       end
+      allowed = judge_all(check, now, last, first, previous, at)
     end
-    -- Room left under the limit; below 0 while a lowered limit still counts older units.
-    local spare = max(f - (capacity - l), 0)
-    local retry = 0
-    if f <= decisive then
-      allowed = 0
-      retry = slot_at(decisive) + w - now
-    end
-    out[at + 2 * i + 1] = spare
-    out[at + 2 * i + 2] = retry
   end
-  out[at] = allowed
-  if peek then
+  if check.peek or peek_only then
     return
+  elseif allowed then
+    record(name, exists, check, now, clock, first)
+  elseif exists and newest + longest > expires then
+    -- Denied under a longer window than the key was kept for: it keeps what it holds that
+    -- long (nothing is counted).
+    local keep = newest + longest + floor(longest / 8)
+    redis.call('SETRANGE', key, EXPIRES_AT, struct.pack('<i6', keep))
+    redis.call('PEXPIRE', key, keep - clock)
   end
-
-  if allowed == 0 then
-    local keep = newest + longest
-    local extended = keep > expires
-    if extended then
-      -- A longer window than the key has lived by: keep its history that long.
-      expires = keep + slack
-      redis.call('PEXPIREAT', key, expires)
-    end
-    -- A full ring whose oldest time is not remembered yet learns it here, once.
-    local full = frontier == 0
-    if extended or new_hint ~= hint or (full and not oldest_known) then
-      -- Nothing is counted; the header only remembers the frontier and the expiry.
-      local new_mark = cutoff
-      if full then
-        new_mark = -TAG - slot_at(0)
-      end
-      redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, head, new_hint, FORMAT, expires, newest, new_mark))
-    end
-    return
-  end
-
-  -- The c oldest slots are outside every window (they precede each frontier).
-  local stamp = struct.pack('<i8', now)
-  if expires < now + longest then
-    expires = now + longest + slack
-    redis.call('PEXPIREAT', key, expires)
-  end
-  local first = min(cost, capacity - head)
-  redis.call('SETRANGE', key, HEADER + head * SLOT, string.rep(stamp, first))
-  if cost > first then
-    redis.call('SETRANGE', key, HEADER, string.rep(stamp, cost - first))
-  end
-  -- Full after this write (the frontier just past the c slots overwritten): remember its
-  -- oldest time, already read by the search (or now, if all C slots were written).
-  local new_mark = cutoff
-  if frontier == cost then
-    local oldest = now
-    if cost < capacity then
-      oldest = seen[cost]
-    end
-    if oldest then
-      new_mark = -TAG - oldest
-    end
-  end
-  redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, capacity, (head + cost) % capacity, new_hint, FORMAT, expires, now, new_mark))
 end
 
 -- A check's argument parsed (see the top), or false if it is not a valid check: 1 to 4
--- windows, every limit and window a positive integer, windows below 2^52 ms and longest
--- first, 1 <= cost <= every limit.
+-- windows, every limit below 2^22 and window below 2^38 ms, longest first, 1 <= cost <= every
+-- limit.
 local function parse(arg)
   local cost, mode, at = string.match(arg, '^(%d+) (%l+)()')
   if not cost or (mode ~= 'consume' and mode ~= 'peek' and mode ~= 'all' and mode ~= 'ask') then
     return false
   end
-  local limits, windows, count, capacity, smallest = {}, {}, 0, 0, TAG
+  local limits, windows, count, capacity, smallest = {}, {}, 0, 0, MAX_LIMIT
   while at <= #arg do
     local l, w, next_at = string.match(arg, '^ (%d+) (%d+)()', at)
     if not l or count == 4 then
       return false
     end
     l, w = tonumber(l), tonumber(w)
-    if l < 1 or w < 1 or w >= TAG or (count > 0 and w >= windows[count]) then
+    if l < 1 or l >= MAX_LIMIT or w < 1 or w >= MAX_WINDOW or (count > 0 and w >= windows[count]) then
       return false
     end
     count = count + 1
@@ -308,27 +503,26 @@ local function parse(arg)
   if count == 0 or cost < 1 or cost > smallest then
     return false
   end
-  -- slack: how long past its last needed moment a key may live; the TTL moves in these steps.
   return {cost = cost, peek = mode == 'peek' or mode == 'ask', count = count, limits = limits, windows = windows,
-          capacity = capacity, slack = floor(windows[1] / 8), group = mode == 'all' or mode == 'ask'}
+          capacity = capacity, group = mode == 'all' or mode == 'ask'}
 end
 
 if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
   return redis.error_reply('ERR ratelimitd: invalid arguments: need the clock, then one argument per key: its check, "<cost> consume|peek <limit> <window ms> ..."')
 end
 
-local now = tonumber(ARGV[1])
-if not now then
+local clock = tonumber(ARGV[1])
+if not clock then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  clock = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 end
 
 -- Decides KEYS[k] by `check` at `at` (as a peek with `peek_only`): nil and the next position,
 -- or a failure string (written at `at`) and the next position. A Redis error other than
 -- WRONGTYPE (READONLY on a demoted master, OOM, ...) ends the call: such an error stops the
 -- call's first write, so nothing was written, and the caller must see what Redis said.
-local function decide_at(k, check, now, at, peek_only)
-  local ok, result = pcall(decide, KEYS[k], check, now, at, peek_only)
+local function decide_at(k, check, at, peek_only)
+  local ok, result = pcall(decide, KEYS[k], check, clock, at, peek_only)
   local failure = result
   if not ok then
     failure = type(result) == 'table' and result.err or tostring(result)
@@ -349,20 +543,20 @@ local function decide_group(checks)
   for k = 1, #KEYS do
     positions[k] = at
     local failure
-    failure, at = decide_at(k, checks[k], now, at, true)
+    failure, at = decide_at(k, checks[k], at, true)
     fits = fits and not failure and out[positions[k]] == 1
   end
   for k = 1, #KEYS do
     if fits and not checks[k].peek then
       -- The same decision as the peek (same clock, nothing written in between), now counted.
-      decide_at(k, checks[k], now, positions[k])
+      decide_at(k, checks[k], positions[k])
     end
   end
 end
 
 local function main()
   -- Each distinct argument is parsed once (Redis interns Lua strings: looking one up is cheap).
-  local parsed, checks, grouped, seen = {}, {}, 0, {}
+  local parsed, checks, grouped, named = {}, {}, 0, {}
   for k = 1, #KEYS do
     local arg = ARGV[k + 1]
     if parsed[arg] == nil then
@@ -370,8 +564,8 @@ local function main()
     end
     checks[k] = parsed[arg]
     if checks[k] and checks[k].group then
-      grouped = grouped + (seen[KEYS[k]] and 0 or 1)
-      seen[KEYS[k]] = true
+      grouped = grouped + (named[KEYS[k]] and 0 or 1)
+      named[KEYS[k]] = true
     end
   end
   if grouped > 0 then
@@ -384,9 +578,9 @@ local function main()
   for k = 1, #KEYS do
     if checks[k] then
       local _
-      _, at = decide_at(k, checks[k], now, at)
+      _, at = decide_at(k, checks[k], at)
     else
-      out[at] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits and windows at least 1, windows below 2^52 ms, and 1 <= cost <= every limit'
+      out[at] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits below 2^22 and windows below 2^38 ms, at least 1, and 1 <= cost <= every limit'
       at = at + 1
     end
   end

@@ -2,7 +2,7 @@
 //!
 //! The crate is built in floors; each imports only the floors below it (`tests/layers.rs`
 //! checks this), so a check runs downhill from the gRPC call to the store:
-//! 1. [`domain`]: policies, decisions, the ring, fingerprints, validation, the
+//! 1. [`domain`]: policies, decisions, the in-process history, fingerprints, validation, the
 //!    exactness oracle. Plain data, no gRPC or Redis types.
 //! 2. [`metrics`]: metric names and the recording helpers, the throttled-keys sketch.
 //! 3. [`store`]: the [`store::Store`] trait, the in-process store, and the Redis store

@@ -1,6 +1,6 @@
 //! The script's contract, called directly: a batch decides each check alone, the
-//! script decides as the Rust ring does, shares keys exactly with its previous release
-//! (a rolling deploy), and denies a key at its limit from its header alone.
+//! script decides as the independent oracle does, counts its previous release's units (a
+//! rolling deploy), and denies a key at its limit from its header alone.
 
 mod common;
 
@@ -107,135 +107,174 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
     assert_eq!(replies[11].as_ref().unwrap().values()[3..], [5, 0, 3, 0], "two windows, each with its limit spare");
 }
 
-/// The Lua script and the Rust ring (the in-process store) must decide alike. This
-/// replays random timelines (limits up and down, one to three windows at once, window
-/// lengths changing, costs, peeks, both the whole-ring and the slot-by-slot path of the
-/// script) on both and compares every field. Checks go to the script in batches of one
-/// to six, as the store sends them, a key sometimes twice in one batch: each check of a
-/// batch must be decided as if called alone, in order.
+/// The script and the in-process history both decide as the independent oracle (the list
+/// of every counted request, counted window by window: `oracle::Replay`). Random timelines:
+/// costs up to the limit, one to four windows, limits and windows changing from check to
+/// check (across the unit and counted entry formats and the 3, 4 and 5-byte times), idle
+/// spells past the windows, peeks, and batches of one to six checks with a key repeated
+/// (each check of a batch decided as if called alone, in order). Every field compared.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_script_and_the_rust_ring_decide_alike() {
-    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
-    let (compared, batches) = replay(&[Release::Current(&script)]).await;
-    println!("{compared} decisions in {batches} batches identical in Lua and Rust");
-}
-
-/// A rolling deploy: replicas running the previous release's script (the one before a
-/// full ring remembered its oldest time in the header's mark) and the current one share
-/// every key. Batches go to either at random; every decision must still be the Rust
-/// ring's, so each reads the other's header rightly.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_script_and_its_previous_release_share_keys_exactly() {
-    let current = redis::Script::new(include_str!("../lua/sliding_window.lua"));
-    let previous = redis::Script::new(include_str!("fixtures/sliding_window_2fc91eb.lua"));
-    let (compared, batches) = replay(&[Release::Current(&current), Release::Previous(&previous)]).await;
-    println!("{compared} decisions in {batches} batches, by either script, identical to the Rust ring");
-}
-
-/// A script, and the call format it takes.
-#[derive(Clone, Copy)]
-enum Release<'a> {
-    /// `lua/sliding_window.lua`, called as the store calls it.
-    Current(&'a redis::Script),
-    /// The previous release's script (`tests/fixtures`), in the format of its time: per
-    /// check its window count, cost, mode and (limit, window) pairs as separate arguments,
-    /// and one reply (a table, or a string) per check.
-    Previous(&'a redis::Script),
-}
-
-impl Release<'_> {
-    /// Decides `checks` in one call at `now`: a reply per check, as `replies_of` gives them.
-    async fn call(
-        self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        checks: &[ratelimitd::store::redis::script::Check<'_>],
-        now: u64,
-    ) -> Vec<Result<ratelimitd::store::redis::script::Reply, ratelimitd::store::StoreError>> {
-        use ratelimitd::store::StoreError;
-        use ratelimitd::store::redis::script::{Reply, invocation, mode_arg, replies_of};
-        match self {
-            Release::Current(script) => {
-                let values = invocation(script, checks, Some(now)).invoke_async(conn).await.expect("the script runs");
-                replies_of(checks, values).expect("one reply per check")
-            }
-            Release::Previous(script) => {
-                let mut call = script.prepare_invoke();
-                call.arg(now);
-                for &Check { key, limits, cost, mode } in checks {
-                    call.key(key).arg(limits.windows().len()).arg(cost).arg(mode_arg(mode));
-                    for window in limits.windows() {
-                        call.arg(window.limit()).arg(window.window_ms());
-                    }
-                }
-                let values: Vec<redis::Value> = call.invoke_async(conn).await.expect("the script runs");
-                assert_eq!(values.len(), checks.len(), "one reply per check");
-                let reply = |value| match value {
-                    redis::Value::BulkString(words) => Err(StoreError::Failed(String::from_utf8_lossy(&words).into())),
-                    value => Ok(Reply::from_values(redis::from_redis_value(value).expect("a decision's values"))),
-                };
-                values.into_iter().map(reply).collect()
-            }
-        }
-    }
-}
-
-/// Replays the random timelines of the parity tests, each batch by one of `scripts` at
-/// random, against the Rust ring; the decisions and batches compared.
-async fn replay(scripts: &[Release<'_>]) -> (usize, usize) {
+async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
     use rand::{Rng, SeedableRng};
-    use ratelimitd::domain::{Limits, Mode, Ring, Window};
-    use ratelimitd::store::redis::script::decode;
+    use ratelimitd::domain::History;
+    use ratelimitd::domain::oracle::Replay;
 
     let backend = Backend::redis().await;
     let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
-    // Far enough ahead of the real clock that no key's TTL runs out during the test.
-    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-        + 10 * 24 * 3600 * 1000;
+    let mut now = far_ahead();
     let (mut compared, mut batches) = (0, 0);
-    for (round, limits) in [[3u32, 5, 8], [4094, 4097, 4100]].into_iter().enumerate() {
-        let names: Vec<String> = (0..4).map(|key| format!("parity-{round}-{key}")).collect();
-        let mut rings: Vec<Ring> = (0..4).map(|_| Ring::new(limits[0])).collect();
-        let mut now = start;
-        for _ in 0..700 {
-            now += rng.random_range(0..if round == 0 { 30 } else { 200 });
-            if rng.random_range(0..20) == 0 {
-                now += rng.random_range(0..3_000); // an idle spell: the frontier jumps
-            }
+    let rounds: [&[u32]; 3] = [&[3, 5, 8], &[4094, 4097, 4100], &[1_000, 250_000, 1_000_000]];
+    for (round, limits) in rounds.into_iter().enumerate() {
+        let names: Vec<String> = (0..4).map(|key| format!("oracle-{round}-{key}")).collect();
+        let mut oracles = vec![Replay::default(); names.len()];
+        let mut histories = vec![History::default(); names.len()];
+        for _ in 0..600 {
+            now += advance(&mut rng);
             let mut checks = Vec::new();
             for _ in 0..rng.random_range(1..=6) {
                 let key = rng.random_range(0..names.len());
-                // One to three windows, each with its own limit from the round's set.
-                let mut windows = Vec::new();
-                for window in [1000u64, 300, 100] {
-                    if windows.is_empty() && window == 100 || rng.random_range(0..3) == 0 {
-                        let limit = limits[rng.random_range(0..limits.len())];
-                        windows.push(Window::new(limit, Duration::from_millis(window)).unwrap());
-                    }
-                }
-                let policy = Limits::new(&windows).unwrap();
-                let max = policy.max_cost();
-                let cost = if round == 0 { rng.random_range(1..=max) } else { rng.random_range(1..=max / 4) };
+                let policy = random_policy(&mut rng, limits);
+                let cost = random_cost(&mut rng, policy.max_cost());
                 let mode = if rng.random_range(0..8) == 0 { Mode::Peek } else { Mode::Consume };
-                let expected = rings[key].check(now, &policy, cost, mode);
+                let expected = oracles[key].decide(now, &policy, cost, mode);
+                let history = histories[key].check(now, &policy, cost, mode);
+                assert_eq!(history, expected, "in process, {key} at {now}, {policy:?}, cost {cost}, {mode:?}");
                 checks.push((key, policy, cost, mode, expected));
             }
-            let call: Vec<_> = checks
-                .iter()
-                .map(|(key, policy, cost, mode, _)| check(names[*key].as_bytes(), policy, *cost, *mode))
-                .collect();
-            let release = scripts[rng.random_range(0..scripts.len())];
-            let replies = release.call(&mut conn, &call, now).await;
-            for ((key, policy, cost, mode, expected), reply) in checks.iter().zip(replies) {
-                let got = decode(policy, *cost, &reply.expect("a decision")).expect("a well-formed reply");
-                let name = &names[*key];
-                assert_eq!(&got, expected, "{name} at +{} ms, {policy:?}, cost {cost}, {mode:?}", now - start);
+            let call: Vec<_> = checks.iter().map(|(k, p, c, m, _)| check(names[*k].as_bytes(), p, *c, *m)).collect();
+            let got = decide(&script, &mut conn, &call, now).await;
+            for ((key, policy, cost, mode, expected), got) in checks.iter().zip(got) {
+                assert_eq!(&got, expected, "Redis, {key} at {now}, {policy:?}, cost {cost}, {mode:?}");
                 compared += 1;
             }
             batches += 1;
         }
     }
-    (compared, batches)
+    println!("{compared} decisions in {batches} batches: Lua and the in-process history decide as the oracle");
+}
+
+/// A rolling deploy: replicas of the previous release (`tests/fixtures`, the ring of 8-byte
+/// times named `<prefix>{fp}`) and of this one (`<prefix>{fp}:2`) share a Redis. This
+/// release counts the units the previous one counted: it allows exactly what the oracle over
+/// every unit counted by either allows, with the same fields; its denials are the oracle's
+/// too, but (the previous ring being read only for a request that would otherwise fit) with a
+/// retry_after and remaining from its own units, never later or fewer than the oracle's. The
+/// previous release never reads the new layout: it decides exactly on its own units and never
+/// misreads a key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_script_and_its_previous_release_share_keys_exactly() {
+    use rand::{Rng, SeedableRng};
+    use ratelimitd::domain::oracle::Replay;
+
+    let backend = Backend::redis().await;
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let current = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let previous = redis::Script::new(include_str!("fixtures/sliding_window_26c706c.lua"));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let mut now = far_ahead();
+    let (mut by_current, mut by_previous, mut short_retries) = (0, 0, 0);
+    for (round, limits) in [[3u32, 5, 8], [300, 300, 300], [200_000, 1_000_000, 1_000_000]].into_iter().enumerate() {
+        // One policy per key (the releases agree on it); the windows stay long enough
+        // that the previous release's ring holds every unit they count.
+        let policies: Vec<Limits> = (0..3).map(|_| random_policy(&mut rng, &limits)).collect();
+        let names: Vec<String> = (0..3).map(|key| format!("deploy-{round}-{{{key}}}")).collect();
+        let (mut every, mut own) = (vec![Replay::default(); 3], vec![Replay::default(); 3]);
+        for _ in 0..500 {
+            now += rng.random_range(0..400);
+            let key = rng.random_range(0..names.len());
+            let policy = &policies[key];
+            let cost = random_cost(&mut rng, policy.max_cost());
+            let mode = if rng.random_range(0..8) == 0 { Mode::Peek } else { Mode::Consume };
+            if rng.random_bool(0.5) {
+                let name = format!("{}:2", names[key]);
+                let expected = every[key].decide(now, policy, cost, mode);
+                let got = decide(&current, &mut conn, &[check(name.as_bytes(), policy, cost, mode)], now).await;
+                let what =
+                    format!("current, {name} at {now}, {policy:?}, cost {cost}, {mode:?}: {got:?}, {expected:?}");
+                if expected.allowed {
+                    assert_eq!(got[0], expected, "{what}");
+                } else {
+                    assert!(!got[0].allowed && got[0].decided_at_ms == expected.decided_at_ms, "{what}");
+                    assert!(got[0].retry_after_ms <= expected.retry_after_ms, "{what}");
+                    assert!(got[0].remaining >= expected.remaining, "{what}");
+                    short_retries += usize::from(got[0].retry_after_ms < expected.retry_after_ms);
+                }
+                by_current += 1;
+            } else {
+                let name = &names[key];
+                let expected = own[key].decide(now, policy, cost, mode);
+                let got = decide(&previous, &mut conn, &[check(name.as_bytes(), policy, cost, mode)], now).await;
+                assert_eq!(got[0], expected, "previous, {name} at {now}, {policy:?}, cost {cost}, {mode:?}");
+                if expected.allowed && mode == Mode::Consume {
+                    every[key].count(expected.decided_at_ms, policy, cost);
+                }
+                by_previous += 1;
+            }
+        }
+    }
+    println!(
+        "{by_current} decisions by this release, {by_previous} by the previous one, each the oracle's \
+         ({short_retries} denials by this release with a shorter retry_after)"
+    );
+}
+
+/// Far enough ahead of the real clock that the caller's clock is never behind Redis's.
+fn far_ahead() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        + 10 * 24 * 3600 * 1000
+}
+
+/// Time between two batches: mostly a few hundred ms, sometimes an idle spell past every
+/// window, rarely one of hours.
+fn advance(rng: &mut impl rand::Rng) -> u64 {
+    match rng.random_range(0..40) {
+        0 => rng.random_range(0..200_000),
+        1 => rng.random_range(0..20_000_000),
+        _ => rng.random_range(0..600),
+    }
+}
+
+/// One to four windows, each with a limit from `limits`: windows from 2 s to 60 s, and
+/// sometimes a longest one of 80 minutes or 23 days (wider times).
+fn random_policy(rng: &mut impl rand::Rng, limits: &[u32]) -> Limits {
+    use ratelimitd::domain::Window;
+    let longest = match rng.random_range(0..10) {
+        0 => 4_800_000,
+        1 => 2_000_000_000,
+        _ => 60_000,
+    };
+    let mut windows = Vec::new();
+    for window in [longest, 20_000u64, 6_000, 2_000] {
+        if windows.is_empty() || rng.random_range(0..3) == 0 {
+            let limit = limits[rng.random_range(0..limits.len())];
+            windows.push(Window::new(limit, Duration::from_millis(window)).unwrap());
+        }
+    }
+    Limits::new(&windows).unwrap()
+}
+
+/// Mostly cost 1 (the unit format), sometimes any cost up to `max`.
+fn random_cost(rng: &mut impl rand::Rng, max: u32) -> u32 {
+    if rng.random_range(0..3) == 0 { rng.random_range(1..=max) } else { 1 }
+}
+
+/// Decides `checks` in one script call at `now`, as the store does.
+async fn decide(
+    script: &redis::Script,
+    conn: &mut redis::aio::MultiplexedConnection,
+    checks: &[Check<'_>],
+    now: u64,
+) -> Vec<ratelimitd::domain::Decision> {
+    use ratelimitd::store::redis::script::{decode, invocation, replies_of};
+    let values = invocation(script, checks, Some(now)).invoke_async(conn).await.expect("the script runs");
+    let replies = replies_of(checks, values).expect("one reply per check");
+    checks
+        .iter()
+        .zip(replies)
+        .map(|(c, reply)| decode(c.limits, c.cost, &reply.expect("a decision")).expect("a well-formed reply"))
+        .collect()
 }
 
 /// A key at its limit is denied from its header alone: one read, no write, however

@@ -1,6 +1,6 @@
 //! The exactness oracle: checks rules 1 (never over) and 2 (never under) of
 //! `docs/design.md#what-it-guarantees` over the recorded decisions of one key, on the
-//! decisions' own clock (`decided_at_ms`). It shares no code with the ring or the
+//! decisions' own clock (`decided_at_ms`). It shares no code with the history or the
 //! script: it counts the allowed units of each window directly from the list.
 
 /// One recorded decision.
@@ -46,4 +46,69 @@ pub fn audit(records: &[Record], limit: u32, window_ms: u64) -> Audit {
         .filter(|r| units_in(r.at_ms.checked_sub(window_ms), r.at_ms) + u64::from(r.cost) <= u64::from(limit))
         .count();
     Audit { calls: records.len(), allowed: allowed.len(), max_in_window, wrongly_denied }
+}
+
+/// An independent model of one key for property tests: the list of every counted request
+/// with its time and cost, each window's units counted from the list directly. It shares
+/// nothing with [`super::History`] or the script but the contract they implement
+/// (`docs/design.md#policy-changes`): an allowed request first forgets the requests outside
+/// its policy's longest window, and a key forgets everything once its expiry (its newest
+/// request plus the longest window of every request checked since, moved in steps of an
+/// eighth of it) has passed.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    counted: Vec<(u64, u32)>,
+    expires: u64,
+}
+
+impl Replay {
+    /// The decision on a request of `cost` at `now_ms`, counted if allowed in `Consume`.
+    pub fn decide(&mut self, now_ms: u64, limits: &super::Limits, cost: u32, mode: super::Mode) -> super::Decision {
+        let live: &[(u64, u32)] = if now_ms >= self.expires { &[] } else { &self.counted };
+        let newest = live.last().map_or(0, |&(t, _)| t);
+        let now = now_ms.max(newest);
+        let checks: Vec<super::WindowCheck> = limits
+            .windows()
+            .iter()
+            .map(|window| {
+                let (limit, w) = (u64::from(window.limit()), window.window_ms());
+                let inside: Vec<(u64, u32)> = live.iter().copied().filter(|&(t, _)| t + w > now).collect();
+                let units: u64 = inside.iter().map(|&(_, c)| u64::from(c)).sum();
+                let spare = limit.saturating_sub(units) as u32;
+                if units + u64::from(cost) <= limit {
+                    return super::WindowCheck { spare, retry_after_ms: 0 };
+                }
+                // Walk the window oldest first until enough units would have left it.
+                let need = units + u64::from(cost) - limit;
+                let mut freed = 0;
+                let leaving = inside.iter().find(|&&(_, c)| {
+                    freed += u64::from(c);
+                    freed >= need
+                });
+                super::WindowCheck { spare, retry_after_ms: leaving.map_or(0, |&(t, _)| t + w - now) }
+            })
+            .collect();
+        let decision = super::Decision::assemble(limits, cost, now, newest, &checks);
+        let longest = limits.longest_ms();
+        if mode == super::Mode::Consume && decision.allowed {
+            self.count(now, limits, cost);
+        } else if mode == super::Mode::Consume && !live.is_empty() && newest + longest > self.expires {
+            self.expires = newest + longest + longest / 8;
+        }
+        decision
+    }
+
+    /// Counts a request of `cost` at `now_ms` (the key's clock) without deciding it: one
+    /// that another party (an older release) allowed.
+    pub fn count(&mut self, now_ms: u64, limits: &super::Limits, cost: u32) {
+        let longest = limits.longest_ms();
+        if now_ms >= self.expires {
+            self.counted.clear();
+        }
+        self.counted.retain(|&(t, _)| t + longest > now_ms);
+        self.counted.push((now_ms, cost));
+        if self.expires < now_ms + longest {
+            self.expires = now_ms + longest + longest / 8;
+        }
+    }
 }

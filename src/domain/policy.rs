@@ -9,8 +9,8 @@ use arc_swap::ArcSwap;
 
 use super::Fingerprint;
 
-/// The largest limit a window may have. A ring holds one 8-byte slot per unit,
-/// so this bounds one key's storage to 8 MB.
+/// The largest limit a window may have. A key holds at most one entry per unit counted
+/// inside its window, so this bounds one key's storage (the script takes limits below 2^22).
 pub const MAX_LIMIT: u32 = 1_000_000;
 /// The longest window a policy may have (31 days).
 pub const MAX_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);

@@ -7,25 +7,17 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{KeyCheck, Store, StoreError};
-use crate::domain::{Decision, Fingerprint, Limits, Mode, Ring};
+use crate::domain::{Decision, Fingerprint, History, Limits, Mode};
 use crate::sync::lock;
 
 /// Shards keep one hot key from serialising every other key behind its lock.
 const SHARDS: usize = 64;
 
-#[derive(Debug)]
-struct Entry {
-    ring: Ring,
-    /// Unix ms after which the entry no longer counts: its newest unit plus the
-    /// longest window it was checked with (as the Redis key's TTL).
-    expires_at: u64,
-}
-
-/// Rings by key fingerprint. Locks are std mutexes held for a few hundred
+/// Histories by key fingerprint. Locks are std mutexes held for a few hundred
 /// nanoseconds and never across an await, which tokio recommends over its own.
 #[derive(Debug)]
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<Fingerprint, Entry>>]>,
+    shards: Box<[Mutex<HashMap<Fingerprint, History>>]>,
 }
 
 impl Default for MemoryStore {
@@ -48,7 +40,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard(&self, key: &Fingerprint) -> &Mutex<HashMap<Fingerprint, Entry>> {
+    fn shard(&self, key: &Fingerprint) -> &Mutex<HashMap<Fingerprint, History>> {
         &self.shards[shard_of(key)]
     }
 }
@@ -91,7 +83,7 @@ impl Store for MemoryStore {
         for shard in self.shards.iter() {
             let mut map = lock(shard);
             let before = map.len();
-            map.retain(|_, entry| entry.expires_at > now);
+            map.retain(|_, history| !history.is_expired(now));
             evicted += before - map.len();
         }
         evicted
@@ -103,37 +95,21 @@ fn shard_of(key: &Fingerprint) -> usize {
     key.as_bytes()[0] as usize % SHARDS
 }
 
-/// Decides one check at `now` in its shard's map.
+/// Decides one check at `now` in its shard's map. A peek reads the history in place (or
+/// an empty one, which allocates nothing) and writes nothing.
 fn decide_in(
-    map: &mut HashMap<Fingerprint, Entry>,
+    map: &mut HashMap<Fingerprint, History>,
     key: &Fingerprint,
     limits: &Limits,
     cost: u32,
     mode: Mode,
     now: u64,
 ) -> Decision {
-    if mode == Mode::Peek {
-        // A peek writes nothing: it decides on a copy (or an empty ring).
-        let mut ring = match map.get(key) {
-            Some(entry) if entry.expires_at > now => entry.ring.clone(),
-            _ => Ring::new(limits.capacity()),
-        };
-        return ring.check(now, limits, cost, mode);
+    match (map.get_mut(key), mode) {
+        (Some(history), _) => history.check(now, limits, cost, mode),
+        (None, Mode::Peek) => History::default().check(now, limits, cost, mode),
+        (None, Mode::Consume) => map.entry(*key).or_default().check(now, limits, cost, mode),
     }
-    let fresh = || Entry { ring: Ring::new(limits.capacity()), expires_at: 0 };
-    // Expired history counts for nothing, as a Redis key past its TTL.
-    let entry = map
-        .entry(*key)
-        .and_modify(|entry| {
-            if entry.expires_at <= now {
-                *entry = fresh();
-            }
-        })
-        .or_insert_with(fresh);
-    let decision = entry.ring.check(now, limits, cost, mode);
-    // As the script's expiry: the newest unit plus the longest window seen.
-    entry.expires_at = entry.expires_at.max(entry.ring.newest() + limits.longest_ms());
-    decision
 }
 
 fn now_ms() -> u64 {

@@ -1,7 +1,7 @@
 //! Floor 3, where decisions are made and history is kept: one narrow trait, one
 //! module per backend. Both backends run the same algorithm (`docs/design.md#the-algorithm`:
-//! `lua/sliding_window.lua` in Redis, [`crate::domain::Ring`] in process) and are held
-//! to the same behaviour suite.
+//! `lua/sliding_window.lua` in Redis, [`crate::domain::History`] in process) and are held
+//! to the same behaviour suite and the same oracle.
 
 pub mod memory;
 pub mod redis;

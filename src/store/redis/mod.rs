@@ -106,14 +106,15 @@ impl RedisStore {
     }
 
     /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
-    /// only the fingerprint, so the key lives in one slot.
+    /// only the fingerprint, so the key lives in one slot; `:2` names the layout (the
+    /// previous release's ring, without it, is read during a rolling deploy).
     pub fn key_name(&self, key: &Fingerprint) -> Vec<u8> {
         let prefix = &self.key_prefix;
-        let mut name = Vec::with_capacity(prefix.len() + 34);
+        let mut name = Vec::with_capacity(prefix.len() + 36);
         name.extend_from_slice(prefix.as_bytes());
         name.push(b'{');
         name.extend_from_slice(&key.hex());
-        name.push(b'}');
+        name.extend_from_slice(b"}:2");
         name
     }
 
