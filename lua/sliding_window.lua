@@ -4,12 +4,14 @@
 -- The script decides one or more requests, in order, each as if called alone: a batch of
 -- checks costs Redis one script call instead of one each.
 -- KEYS[k]  the history of check k's API key, named <prefix>{<fingerprint>}:2 (one key, one
---          Cluster slot; a batch on Redis Cluster must keep to one slot). A name ending in
---          '}:2' also names the previous release's ring, <prefix>{<fingerprint>}, which is
---          read (never written) while it exists: see "Rolling deploys" below.
--- ARGV[1]  '' to use Redis TIME, or the caller's clock in Unix ms, for every check. The service
---          always passes ''; a caller clock (trusting each replica's clock) exists for Redis
---          services that forbid TIME in scripts and for tests that replay a timeline.
+--          Cluster slot; a batch on Redis Cluster must keep to one slot). With ' previous', a
+--          name ending in '}:2' also names the previous release's ring,
+--          <prefix>{<fingerprint>}, which is read (never written): see "Rolling deploys".
+-- ARGV[1]  '[<clock>][ previous]': the caller's clock in Unix ms for every check, or nothing
+--          to use Redis TIME (the service always uses TIME; a caller clock, trusting each
+--          replica's clock, exists for Redis services that forbid TIME in scripts and for
+--          tests that replay a timeline); ' previous' to count the previous release's rings
+--          too (see "Rolling deploys" below).
 -- ARGV[k + 1]  check k, one string: '<c> <mode> <L1> <W1> [<L2> <W2> ...]', decimal integers
 --          separated by single spaces, where
 --   c       is its cost, 1 <= c <= every window's limit
@@ -77,6 +79,7 @@ local LARGE = 4096 -- bytes of entries from which a full ring grows in place
 local ENTRY = {[3] = {[0] = '<I3'}, [5] = {[0] = '<I5', [3] = '<I5I3'}}
 local HEADER_FIRST, HEADER_LAST = '0', tostring(HEADER - 1)
 local EXPIRES_AT = 27 -- the expiry's offset in the header
+local READ_PREVIOUS -- ARGV[1] asks for the previous release's rings (set below)
 local floor, min, max = math.floor, math.min, math.max
 
 -- The time bytes of a key's entries: 3 for a key of units (K = 0) under windows below 2^22
@@ -219,7 +222,7 @@ end
 -- The previous release's ring (see the top): a function giving its units newer than a time,
 -- and its newest unit; nil if there is none on the clock `now`.
 local function previous_ring(name, now)
-  if string.sub(name, -3) ~= '}:2' then
+  if not READ_PREVIOUS or string.sub(name, -3) ~= '}:2' then
     return nil
   end
   local ring = string.sub(name, 1, -3)
@@ -511,7 +514,12 @@ if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
   return redis.error_reply('ERR ratelimitd: invalid arguments: need the clock, then one argument per key: its check, "<cost> consume|peek <limit> <window ms> ..."')
 end
 
-local clock = tonumber(ARGV[1])
+local clock_arg, option = string.match(ARGV[1], '^(%d*)(.*)$')
+if option ~= '' and option ~= ' previous' then
+  return redis.error_reply('ERR ratelimitd: invalid arguments: the first argument must be "[<clock ms>][ previous]"')
+end
+READ_PREVIOUS = option == ' previous'
+local clock = tonumber(clock_arg)
 if not clock then
   local t = redis.call('TIME')
   clock = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)

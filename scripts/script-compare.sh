@@ -7,9 +7,10 @@
 # Redis CPU comes from /proc/<pid>/stat.
 #
 # Each script is given with its call format: "joined" (one argument per check, since commit
-# e8a2ea7), "split" (3 + 2n arguments per check, the releases before) or "v2" (joined, keys
-# named <prefix>{<id>}:2 as the store names them since the per-request layout, so the script
-# also looks for the previous release's ring as it does in service).
+# e8a2ea7), "split" (3 + 2n arguments per check, the releases before), "v2" (joined, keys
+# named <prefix>{<id>}:2 as the store names them since the per-request layout, and the script
+# looks for the previous release's ring as with --redis-previous-layout read, the default) or
+# "v2-ignore" (the same with --redis-previous-layout ignore).
 #
 # Usage: scripts/script-compare.sh [--allowed] [--limit N] [--rounds N] OLD.lua FORMAT NEW.lua FORMAT
 #   e.g. scripts/script-compare.sh <(git show a9b3b1c:lua/sliding_window.lua) split lua/sliding_window.lua joined
@@ -31,7 +32,7 @@ done
 [ $# -eq 4 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
 scripts=("$(cat "$1")" "$(cat "$3")") formats=("$2" "$4")
 for format in "${formats[@]}"; do
-  case "$format" in joined | split | v2) ;; *) echo "script-compare: format $format is not joined, split or v2" >&2; exit 2 ;; esac
+  case "$format" in joined | split | v2 | v2-ignore) ;; *) echo "script-compare: format $format is not joined, split, v2 or v2-ignore" >&2; exit 2 ;; esac
 done
 
 scripts/build-redis-image.sh >/dev/null
@@ -45,10 +46,12 @@ shas=("$(rcli SCRIPT LOAD "${scripts[0]}")" "$(rcli SCRIPT LOAD "${scripts[1]}")
 check_args() { # format cost
   if [ "$1" != split ]; then printf '%s\n' "$2 consume $limit 3600000"; else printf '%s\n' 1 "$2" consume "$limit" 3600000; fi
 }
+# Script v's first argument: the clock (Redis's), and whether to read the previous layout.
+first_arg() { if [ "${formats[$1]}" = v2 ]; then echo " previous"; else echo ""; fi; }
 # Script v's key for an id (redis-benchmark's __rand_int__ is 12 digits).
 key_of() { # v prefix id
   local suffix=""
-  [ "${formats[$1]}" = v2 ] && suffix=":2"
+  case "${formats[$1]}" in v2*) suffix=":2" ;; esac
   printf '%s%s:{%s}%s' "$2" "$1" "$3" "$suffix"
 }
 if [ "$allowed" = no ]; then
@@ -58,7 +61,7 @@ if [ "$allowed" = no ]; then
     for i in $(seq 0 16 9999); do
       keys=() args=()
       for j in $(seq "$i" $((i + 15))); do keys+=("$(key_of "$v" rl "$(printf '%012d' "$j")")"); args+=("${fill[@]}"); done
-      rcli EVALSHA "${shas[$v]}" 16 "${keys[@]}" "" "${args[@]}" >/dev/null
+      rcli EVALSHA "${shas[$v]}" 16 "${keys[@]}" "$(first_arg "$v")" "${args[@]}" >/dev/null
     done
   done
 fi
@@ -72,10 +75,10 @@ for round in $(seq "$rounds"); do
     [ "$allowed" = no ] || prefix="rl-$round-$v"
     for _ in $(seq 16); do keys+=("$(key_of "$v" "$prefix" __rand_int__)"); args+=("${one[@]}"); done
     # redis-benchmark does not read replies: check once that the script decides such a call.
-    first=$(rcli EVALSHA "${shas[$v]}" 16 "${keys[@]//__rand_int__/check}" "" "${args[@]}" | head -n 1)
+    first=$(rcli EVALSHA "${shas[$v]}" 16 "${keys[@]//__rand_int__/check}" "$(first_arg "$v")" "${args[@]}" | head -n 1)
     case "$first" in 0 | 1) ;; *) echo "script-compare: script $((v + 1)) did not decide the call: $first" >&2; exit 1 ;; esac
     before=$(cpu_ticks "$redis_pid")
-    redis-benchmark -h "$redis_host" -c 64 -n "$requests" -r 10000 -P 4 EVALSHA "${shas[$v]}" 16 "${keys[@]}" "" "${args[@]}" >/dev/null
+    redis-benchmark -h "$redis_host" -c 64 -n "$requests" -r 10000 -P 4 EVALSHA "${shas[$v]}" 16 "${keys[@]}" "$(first_arg "$v")" "${args[@]}" >/dev/null
     after=$(cpu_ticks "$redis_pid")
     # Ticks are 10 ms; 16 checks per call.
     python3 -c "import sys; print(f'round {sys.argv[1]}, script {sys.argv[2]}: {(int(sys.argv[4]) - int(sys.argv[3])) * 10000 / (int(sys.argv[5]) * 16):.2f} us per check')" \

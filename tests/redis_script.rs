@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::Backend;
 use ratelimitd::domain::{Limits, Mode};
-use ratelimitd::store::redis::script::Check;
+use ratelimitd::store::redis::script::{CallOptions, Check};
 
 /// A check of a script call.
 fn check<'a>(key: &'a [u8], limits: &'a Limits, cost: u32, mode: Mode) -> Check<'a> {
@@ -36,7 +36,7 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
         check(b"ring-a", &limits, 3, Mode::Consume),
         check(b"ring-a", &limits, 1, Mode::Consume),
     ];
-    let replies: Vec<redis::Value> = invocation(&script, &checks, None).invoke_async(&mut conn).await.unwrap();
+    let replies: Vec<redis::Value> = invocation(&script, &checks, CallOptions::default()).invoke_async(&mut conn).await.unwrap();
     let replies = replies_of(&checks, replies).unwrap();
     let allowed: Vec<Option<bool>> = replies.iter().map(|r| r.as_ref().ok().map(|reply| reply.allowed())).collect();
     assert_eq!(allowed, [Some(true), None, None, Some(true), Some(false)], "{replies:?}");
@@ -220,6 +220,52 @@ async fn the_script_and_its_previous_release_share_keys_exactly() {
     );
 }
 
+/// `--redis-previous-layout`: with `read` (the default) the previous release's units count,
+/// with `ignore` only this layout's do.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_previous_layout_counts_only_when_asked() {
+    use ratelimitd::domain::Window;
+    use ratelimitd::store::redis::script::{invocation, replies_of};
+
+    let backend = Backend::redis().await;
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let current = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let previous = redis::Script::new(include_str!("fixtures/sliding_window_26c706c.lua"));
+    let limits = Limits::new(&[Window::new(5, Duration::from_secs(60)).unwrap()]).unwrap();
+    let now = far_ahead();
+    let full = decide(&previous, &mut conn, &[check(b"upgrade{1}", &limits, 5, Mode::Consume)], now).await;
+    assert!(full[0].allowed, "the previous release counts 5 of 5");
+    let name: &[u8] = b"upgrade{1}:2";
+    for (previous_layout, allowed) in [(true, false), (false, true)] {
+        let call = [check(name, &limits, 1, Mode::Peek)];
+        let options = CallOptions { clock: Some(now + 1), previous_layout };
+        let values = invocation(&current, &call, options).invoke_async(&mut conn).await.unwrap();
+        let reply = replies_of(&call, values).unwrap().pop().unwrap().unwrap();
+        assert_eq!(reply.allowed(), allowed, "previous layout read: {previous_layout}");
+    }
+}
+
+/// A caller's clock a day behind Redis's: keys expire relative to the call, so a key lives
+/// its window (and an eighth) on Redis and its history still counts; an absolute expiry on
+/// that clock would have deleted every key at once, leaving no limit at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_clock_behind_redis_expires_nothing_early() {
+    use ratelimitd::domain::Window;
+
+    let backend = Backend::redis().await;
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let limits = Limits::new(&[Window::new(2, Duration::from_secs(60)).unwrap()]).unwrap();
+    let behind = far_ahead() - 11 * 24 * 3600 * 1000;
+    let name = b"behind{1}:2";
+    for (i, allowed) in [true, true, false].into_iter().enumerate() {
+        let got = decide(&script, &mut conn, &[check(name, &limits, 1, Mode::Consume)], behind + i as u64).await;
+        assert_eq!(got[0].allowed, allowed, "check {i}: {got:?}");
+    }
+    let ttl: i64 = redis::cmd("PTTL").arg(&name[..]).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 60_000 && ttl <= 67_500, "PTTL {ttl}: the key lives its window on Redis's clock");
+}
+
 /// Far enough ahead of the real clock that the caller's clock is never behind Redis's.
 fn far_ahead() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
@@ -260,7 +306,8 @@ fn random_cost(rng: &mut impl rand::Rng, max: u32) -> u32 {
     if rng.random_range(0..3) == 0 { rng.random_range(1..=max) } else { 1 }
 }
 
-/// Decides `checks` in one script call at `now`, as the store does.
+/// Decides `checks` in one script call at `now`, as the store does with
+/// `--redis-previous-layout read` (a script of the previous release takes only the clock).
 async fn decide(
     script: &redis::Script,
     conn: &mut redis::aio::MultiplexedConnection,
@@ -268,7 +315,9 @@ async fn decide(
     now: u64,
 ) -> Vec<ratelimitd::domain::Decision> {
     use ratelimitd::store::redis::script::{decode, invocation, replies_of};
-    let values = invocation(script, checks, Some(now)).invoke_async(conn).await.expect("the script runs");
+    let current = script.get_hash() == redis::Script::new(include_str!("../lua/sliding_window.lua")).get_hash();
+    let options = CallOptions { clock: Some(now), previous_layout: current };
+    let values = invocation(script, checks, options).invoke_async(conn).await.expect("the script runs");
     let replies = replies_of(checks, values).expect("one reply per check");
     checks
         .iter()
@@ -293,7 +342,7 @@ async fn a_key_at_its_limit_is_denied_from_its_header_alone() {
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let mut decide = async |at: u64| {
         let call = [check(b"full", &limits, 1, Mode::Consume)];
-        let replies: Vec<redis::Value> = invocation(&script, &call, Some(at)).invoke_async(&mut conn).await.unwrap();
+        let replies: Vec<redis::Value> = invocation(&script, &call, CallOptions::at(at)).invoke_async(&mut conn).await.unwrap();
         let reply = replies_of(&call, replies).unwrap().pop().unwrap().expect("a decision");
         decode(&limits, 1, &reply).unwrap()
     };
@@ -336,7 +385,7 @@ async fn an_all_or_nothing_call_counts_in_every_key_or_in_none() {
     let two = Limits::new(&[Window::new(2, Duration::from_secs(60)).unwrap()]).unwrap();
     let mut conn2 = conn.clone();
     let mut group = async |checks: &[Check<'_>]| {
-        let values: Vec<redis::Value> = group_invocation(&script, checks, None).invoke_async(&mut conn).await.unwrap();
+        let values: Vec<redis::Value> = group_invocation(&script, checks, CallOptions::default()).invoke_async(&mut conn).await.unwrap();
         let replies = replies_of(checks, values).unwrap();
         replies.iter().map(|r| r.as_ref().map(|reply| reply.allowed()).ok()).collect::<Vec<_>>()
     };
@@ -349,7 +398,7 @@ async fn an_all_or_nothing_call_counts_in_every_key_or_in_none() {
 
     let remaining = async |conn: &mut redis::aio::MultiplexedConnection, key: &'static [u8], limits: &Limits| {
         let peek = [check(key, limits, 1, Mode::Peek)];
-        let values: Vec<redis::Value> = invocation(&script, &peek, None).invoke_async(conn).await.unwrap();
+        let values: Vec<redis::Value> = invocation(&script, &peek, CallOptions::default()).invoke_async(conn).await.unwrap();
         let reply = replies_of(&peek, values).unwrap().pop().unwrap().expect("a decision");
         reply.values()[3]
     };
@@ -366,7 +415,7 @@ async fn an_all_or_nothing_call_counts_in_every_key_or_in_none() {
         vec![check(b"a", &five, 9, Mode::Consume), check(b"b", &five, 1, Mode::Consume)],
     ] {
         let result: Result<redis::Value, _> =
-            group_invocation(&script, &malformed, None).invoke_async(&mut conn2).await;
+            group_invocation(&script, &malformed, CallOptions::default()).invoke_async(&mut conn2).await;
         assert!(result.is_err(), "{malformed:?} must fail whole");
     }
     let mut mixed = script.prepare_invoke();

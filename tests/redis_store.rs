@@ -177,6 +177,7 @@ fn one_connection_store(redis: &common::Redis, prefix: &str) -> ratelimitd::stor
     RedisStore::new(RedisOptions {
         endpoint: RedisEndpoint::Url(redis.url()),
         key_prefix: prefix.into(),
+        previous_layout: true,
         timeout: Duration::from_secs(2),
         connections: 1,
         batch: 32,

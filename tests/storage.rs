@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::Backend;
 use ratelimitd::domain::{Limits, Mode, Window};
-use ratelimitd::store::redis::script::{Check, invocation, replies_of};
+use ratelimitd::store::redis::script::{CallOptions, Check, invocation, replies_of};
 use ratelimitd_bench::command_calls;
 
 const MINUTE: u64 = 60_000;
@@ -39,7 +39,7 @@ struct Redis {
 impl Redis {
     /// Decides `checks` at `at` (caller's clock); returns whether each was allowed.
     async fn call(&mut self, checks: &[Check<'_>], at: u64) -> Vec<bool> {
-        let values = invocation(&self.script, checks, Some(at)).invoke_async(&mut self.conn).await.unwrap();
+        let values = invocation(&self.script, checks, CallOptions::at(at)).invoke_async(&mut self.conn).await.unwrap();
         let replies = replies_of(checks, values).unwrap();
         replies.into_iter().map(|r| r.expect("a decision").allowed()).collect()
     }

@@ -106,9 +106,16 @@ pub struct Cli {
     #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
     pub redis_client_key: Option<PathBuf>,
 
-    /// Prefix of every Redis key ratelimitd writes; each key is <prefix>{<key fingerprint>}.
+    /// Prefix of every Redis key ratelimitd writes; each key is <prefix>{<key fingerprint>}:2.
     #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_KEY_PREFIX", default_value = "ratelimitd:")]
     pub redis_key_prefix: String,
+
+    /// Whether an allowed check also counts the key's units in the previous release's layout
+    /// (<prefix>{<key fingerprint>}), so that a rolling upgrade from it stays exact: read, or
+    /// ignore once no replica of the previous release has run for a longest window (it saves
+    /// one Redis read per allowed check).
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_PREVIOUS_LAYOUT", default_value = "read")]
+    pub redis_previous_layout: PreviousLayout,
 
     /// Deadline of each Redis call, connecting included (e.g. 10ms, 50ms). A call that misses
     /// it is answered by the key's failure mode (--failure-mode).
@@ -275,6 +282,14 @@ impl From<FailureModeArg> for crate::domain::FailureMode {
             FailureModeArg::Local => Self::Local,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PreviousLayout {
+    /// Count the previous release's ring too (during and just after a rolling upgrade).
+    Read,
+    /// Count only this layout.
+    Ignore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

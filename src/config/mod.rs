@@ -78,6 +78,8 @@ pub struct LimitsFile {
     pub loaded: Vec<u8>,
 }
 
+/// Built once at start-up, so the size of its Redis variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
     /// Limits are per process.
@@ -176,6 +178,7 @@ impl Config {
                 StoreConfig::Redis(RedisOptions {
                     endpoint,
                     key_prefix: cli.redis_key_prefix.clone(),
+                    previous_layout: cli.redis_previous_layout == cli::PreviousLayout::Read,
                     timeout: cli.redis_timeout,
                     connections: cli.redis_connections.map_or(worker_threads.min(256), usize::from),
                     batch: usize::from(cli.redis_batch),

@@ -126,6 +126,7 @@ async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str, batch: us
     let options = RedisOptions {
         endpoint: RedisEndpoint::Url(args.redis_url.clone()),
         key_prefix: prefix.to_owned(),
+        previous_layout: false,
         timeout: Duration::from_secs(2),
         connections: args.connections,
         batch,

@@ -13,7 +13,7 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::RwLock;
 
 use super::connect::{Conn, Pooled, Pools};
-use super::script::{Check, Reply, group_invocation, invocation, replies_of};
+use super::script::{CallOptions, Check, Reply, group_invocation, invocation, replies_of};
 use crate::store::StoreError;
 
 thread_local! {
@@ -38,14 +38,17 @@ pub(super) struct Lanes {
     next_lane: AtomicUsize,
     pub(super) script: Script,
     pub(super) timeout: Duration,
+    /// Count the previous release's rings too (see [`super::RedisOptions`]).
+    previous_layout: bool,
     /// A cluster connection follows the topology by itself and is never reset.
     cluster: bool,
 }
 
 impl Lanes {
-    pub(super) fn new(pools: Pools, checks: usize, script: Script, timeout: Duration, cluster: bool) -> Self {
+    pub(super) fn new(pools: Pools, checks: usize, script: Script, options: &super::RedisOptions, cluster: bool) -> Self {
         let lanes = (0..=checks).map(|_| RwLock::new(None)).collect();
-        Self { pools, lanes, next_lane: AtomicUsize::new(0), script, timeout, cluster }
+        let (timeout, previous_layout) = (options.timeout, options.previous_layout);
+        Self { pools, lanes, next_lane: AtomicUsize::new(0), script, timeout, previous_layout, cluster }
     }
 
     /// Makes this thread's checks use lane `worker` mod the check lanes: a worker thread
@@ -78,8 +81,12 @@ impl Lanes {
         group: bool,
     ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
         let mut conn = self.connection(lane).await?;
-        let invocation =
-            if group { group_invocation(&self.script, checks, None) } else { invocation(&self.script, checks, None) };
+        let options = CallOptions { clock: None, previous_layout: self.previous_layout };
+        let invocation = if group {
+            group_invocation(&self.script, checks, options)
+        } else {
+            invocation(&self.script, checks, options)
+        };
         match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
             Ok(replies) => replies_of(checks, replies),
             Err(e) => Err(self.failed(e)),

@@ -59,7 +59,7 @@ impl RedisStore {
         pool_config.timeouts = timeouts;
         let cluster = matches!(options.endpoint, RedisEndpoint::Cluster(_));
         let pools = Pools::new(&options, pool_config)?;
-        let lanes = Lanes::new(pools, connections, script::script(), options.timeout, cluster);
+        let lanes = Lanes::new(pools, connections, script::script(), &options, cluster);
         // Redis Cluster gets one check per call: a batch's keys would have to share a slot.
         let batch = if cluster { 1 } else { options.batch };
         let batches = Arc::new(Batches::new(lanes, connections, batch));

@@ -58,6 +58,8 @@ pub struct RedisOptions {
     pub endpoint: RedisEndpoint,
     /// Put before `{fingerprint}` in every key name.
     pub key_prefix: String,
+    /// Also count each key's units in the previous release's layout (a rolling upgrade).
+    pub previous_layout: bool,
     /// The bound on each call, connecting included.
     pub timeout: Duration,
     /// Multiplexed connections for checks (one more is opened for PING and SCRIPT LOAD);
@@ -78,6 +80,7 @@ impl std::fmt::Debug for RedisOptions {
         f.debug_struct("RedisOptions")
             .field("endpoint", &self.endpoint)
             .field("key_prefix", &self.key_prefix)
+            .field("previous_layout", &self.previous_layout)
             .field("timeout", &self.timeout)
             .field("connections", &self.connections)
             .field("batch", &self.batch)

@@ -48,29 +48,47 @@ impl Reply {
     }
 }
 
-/// The script call deciding `checks` in order; `clock` is Unix ms, or `None` for
-/// Redis's clock.
-pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u64>) -> ScriptInvocation<'s> {
-    invoke(script, checks, clock, mode_arg)
+/// What a script call says besides its checks (its ARGV[1]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The caller's clock in Unix ms, or `None` for Redis's clock.
+    pub clock: Option<u64>,
+    /// Also count the previous release's ring of each key (a rolling upgrade).
+    pub previous_layout: bool,
+}
+
+impl CallOptions {
+    /// On the caller's clock `ms`, this layout only: how tests replay a timeline.
+    pub fn at(ms: u64) -> Self {
+        Self { clock: Some(ms), previous_layout: false }
+    }
+
+    /// The script's first argument: `[<clock ms>][ previous]`.
+    fn arg(self) -> String {
+        let clock = self.clock.map(|ms| ms.to_string()).unwrap_or_default();
+        if self.previous_layout { clock + " previous" } else { clock }
+    }
+}
+
+/// The script call deciding `checks` in order.
+pub fn invocation<'s>(script: &'s Script, checks: &[Check<'_>], options: CallOptions) -> ScriptInvocation<'s> {
+    invoke(script, checks, options, mode_arg)
 }
 
 /// The script call deciding `checks` (each of another key) as one request: the consume
 /// checks are counted only if every check fits, and then all of them are.
-pub fn group_invocation<'s>(script: &'s Script, checks: &[Check<'_>], clock: Option<u64>) -> ScriptInvocation<'s> {
-    invoke(script, checks, clock, group_arg)
+pub fn group_invocation<'s>(script: &'s Script, checks: &[Check<'_>], options: CallOptions) -> ScriptInvocation<'s> {
+    invoke(script, checks, options, group_arg)
 }
 
 fn invoke<'s>(
     script: &'s Script,
     checks: &[Check<'_>],
-    clock: Option<u64>,
+    options: CallOptions,
     word: fn(Mode) -> &'static str,
 ) -> ScriptInvocation<'s> {
     let mut invocation = script.prepare_invoke();
-    match clock {
-        Some(ms) => invocation.arg(ms),
-        None => invocation.arg(""),
-    };
+    invocation.arg(options.arg());
     // A batch's checks mostly repeat one argument (one policy, cost 1): it is written once
     // for each run of them (the invocation copies it).
     let mut arg = Vec::with_capacity(64);
