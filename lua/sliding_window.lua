@@ -76,7 +76,9 @@ local CUM = 16777216 -- counts are kept modulo 2^24
 local UNIT_LIMIT = 512 -- the largest limit under which a cost-1 key keeps K = 0
 local MAX_LIMIT, MAX_WINDOW = 4194304, 274877906944
 local LARGE = 4096 -- bytes of entries from which a full ring grows in place
-local ENTRY = {[3] = {[0] = '<I3'}, [5] = {[0] = '<I5', [3] = '<I5I3'}}
+-- An entry's struct format by its width T + K (3: T = 3, K = 0; 5: T = 5, K = 0; 8: T = 5, K = 3),
+-- and times' modulo by T.
+local ENTRY, WRAP = {[3] = '<I3', [5] = '<I5', [8] = '<I5I3'}, {[3] = 16777216, [5] = 1099511627776}
 local HEADER_FIRST, HEADER_LAST = '0', tostring(HEADER - 1)
 local EXPIRES_AT = 27 -- the expiry's offset in the header
 local READ_PREVIOUS -- ARGV[1] asks for the previous release's rings (set below)
@@ -101,7 +103,7 @@ local seen_t, seen_c
 local function read(j)
   local offset = HEADER + ((head + j) % C) * width
   local raw = redis.call('GETRANGE', key, offset, offset + width - 1)
-  local stamp, cum = struct.unpack(ENTRY[T][K], raw)
+  local stamp, cum = struct.unpack(ENTRY[width], raw)
   seen_t = seen_t or {}
   seen_t[j] = newest - (newest % modulo - stamp) % modulo
   if K > 0 then
@@ -209,10 +211,10 @@ local function load(name, now)
   end
   local format
   format, T, K, C, head, n, newest, oldest, expires, base, total = struct.unpack(LAYOUT, header)
-  if format ~= FORMAT or not ENTRY[T] or not ENTRY[T][K] then
+  if format ~= FORMAT or not WRAP[T] or not ENTRY[T + K] or (T == 3 and K > 0) then
     return 'ERR ratelimitd: key ' .. name .. ' does not hold a format ' .. FORMAT .. ' ratelimitd history'
   end
-  width, modulo = T + K, 2 ^ (8 * T)
+  width, modulo = T + K, WRAP[T]
   if now >= expires or n == 0 then
     return false
   end
@@ -253,7 +255,10 @@ local out = {} -- the call's reply (see the top)
 -- the units counted after t; `first` is the first entry inside the window.
 local function judge(limit, window, cost, now, first, previous)
   local cutoff = now - window
-  local gone = before(first)
+  local gone = 0
+  if first > 0 then
+    gone = before(first)
+  end
   local units = total - gone
   if previous then
     units = units + previous(cutoff)
@@ -270,7 +275,9 @@ local function judge(limit, window, cost, now, first, previous)
     -- The entry holding the need-th oldest unit in the window.
     local unit = gone + need - 1
     local j, hi = unit, n
-    if K > 0 then
+    if K > 0 and first == n - 1 then
+      j = first
+    elseif K > 0 then
       j = first
       while j < hi do
         local mid = floor((j + hi) / 2)
@@ -305,9 +312,9 @@ local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
         body = string.sub(all, from * width + 1) .. string.sub(all, 1, to * width)
       end
     else
-      local parts, format, wrap = {}, ENTRY[t_bytes][k_bytes], 2 ^ (8 * t_bytes)
+      local parts, format, wrap = {}, ENTRY[t_bytes + k_bytes], WRAP[t_bytes]
       for j = keep, n - 1 do
-        local stamp, cum = struct.unpack(ENTRY[T][K], all, ((head + j) % C) * width + 1)
+        local stamp, cum = struct.unpack(ENTRY[width], all, ((head + j) % C) * width + 1)
         if K == 0 then
           cum = base + j + 1
         end
@@ -317,7 +324,7 @@ local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
       body = table.concat(parts)
     end
   end
-  local entry = struct.pack(ENTRY[t_bytes][k_bytes], now % 2 ^ (8 * t_bytes), (base + total + cost) % CUM)
+  local entry = struct.pack(ENTRY[t_bytes + k_bytes], now % WRAP[t_bytes], (base + total + cost) % CUM)
   return body .. entry .. string.rep('\0', (capacity - kept - 1) * (t_bytes + k_bytes))
 end
 
@@ -360,10 +367,7 @@ local function record(name, exists, check, now, clock, first)
   if expires < now + longest then
     new_expires = now + longest + floor(longest / 8)
   end
-  local header = function(capacity, new_head, entries)
-    return struct.pack(LAYOUT, FORMAT, t_bytes, k_bytes, capacity, new_head, entries, now, next_oldest,
-      new_expires, new_base, total - dropped + cost)
-  end
+  local held = total - dropped + cost
   local same = exists and t_bytes == T and k_bytes == K
   if same and kept >= C and C * width >= LARGE then
     grow_in_place(check.capacity)
@@ -371,12 +375,12 @@ local function record(name, exists, check, now, clock, first)
   if same and k_bytes > 0 and kept > 0 and newest == now then
     -- The newest entry's millisecond: its count grows, no entry is added.
     local offset = HEADER + ((head + n - 1) % C) * width
-    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[T][K], now % modulo, (base + total + cost) % CUM))
-    redis.call('SETRANGE', key, HEADER_FIRST, header(C, (head + first) % C, kept))
+    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[width], now % modulo, (base + total + cost) % CUM))
+    redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, FORMAT, T, K, C, (head + first) % C, kept, now, next_oldest, new_expires, new_base, held))
   elseif same and kept < C then
     local offset = HEADER + ((head + n) % C) * width
-    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[T][K], now % modulo, (base + total + cost) % CUM))
-    redis.call('SETRANGE', key, HEADER_FIRST, header(C, (head + first) % C, kept + 1))
+    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[width], now % modulo, (base + total + cost) % CUM))
+    redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, FORMAT, T, K, C, (head + first) % C, kept + 1, now, next_oldest, new_expires, new_base, held))
   else
     -- New, wider or full: the whole value written once at its exact size (a SETRANGE past
     -- the end would over-allocate), the ring grown by up to twice, at most to the limit.
@@ -390,7 +394,8 @@ local function record(name, exists, check, now, clock, first)
         end
       end
     end
-    local value = header(capacity, 0, kept + 1) .. rewrite(first, now, cost, t_bytes, k_bytes, capacity)
+    local value = struct.pack(LAYOUT, FORMAT, t_bytes, k_bytes, capacity, 0, kept + 1, now, next_oldest, new_expires,
+      new_base, held) .. rewrite(first, now, cost, t_bytes, k_bytes, capacity)
     if not exists then
       -- Its expiry relative to the call's clock, so a caller clock behind Redis's expires
       -- nothing early.
@@ -448,7 +453,10 @@ local function decide(name, check, clock, at, peek_only)
   local longest = check.windows[1]
   local last = exists and newest or 0
   local now = max(clock, last)
-  local first = first_inside(longest, now)
+  local first = 0
+  if n > 0 and oldest <= now - longest then
+    first = gallop_forward(1, n, now - longest)
+  end
   local allowed = judge_all(check, now, last, first, nil, at)
   if allowed then
     -- The previous release's units can only deny more: a denial needs no look at them

@@ -36,7 +36,8 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
         check(b"ring-a", &limits, 3, Mode::Consume),
         check(b"ring-a", &limits, 1, Mode::Consume),
     ];
-    let replies: Vec<redis::Value> = invocation(&script, &checks, CallOptions::default()).invoke_async(&mut conn).await.unwrap();
+    let replies: Vec<redis::Value> =
+        invocation(&script, &checks, CallOptions::default()).invoke_async(&mut conn).await.unwrap();
     let replies = replies_of(&checks, replies).unwrap();
     let allowed: Vec<Option<bool>> = replies.iter().map(|r| r.as_ref().ok().map(|reply| reply.allowed())).collect();
     assert_eq!(allowed, [Some(true), None, None, Some(true), Some(false)], "{replies:?}");
@@ -342,7 +343,8 @@ async fn a_key_at_its_limit_is_denied_from_its_header_alone() {
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let mut decide = async |at: u64| {
         let call = [check(b"full", &limits, 1, Mode::Consume)];
-        let replies: Vec<redis::Value> = invocation(&script, &call, CallOptions::at(at)).invoke_async(&mut conn).await.unwrap();
+        let replies: Vec<redis::Value> =
+            invocation(&script, &call, CallOptions::at(at)).invoke_async(&mut conn).await.unwrap();
         let reply = replies_of(&call, replies).unwrap().pop().unwrap().expect("a decision");
         decode(&limits, 1, &reply).unwrap()
     };
@@ -385,7 +387,8 @@ async fn an_all_or_nothing_call_counts_in_every_key_or_in_none() {
     let two = Limits::new(&[Window::new(2, Duration::from_secs(60)).unwrap()]).unwrap();
     let mut conn2 = conn.clone();
     let mut group = async |checks: &[Check<'_>]| {
-        let values: Vec<redis::Value> = group_invocation(&script, checks, CallOptions::default()).invoke_async(&mut conn).await.unwrap();
+        let values: Vec<redis::Value> =
+            group_invocation(&script, checks, CallOptions::default()).invoke_async(&mut conn).await.unwrap();
         let replies = replies_of(checks, values).unwrap();
         replies.iter().map(|r| r.as_ref().map(|reply| reply.allowed()).ok()).collect::<Vec<_>>()
     };
@@ -398,7 +401,8 @@ async fn an_all_or_nothing_call_counts_in_every_key_or_in_none() {
 
     let remaining = async |conn: &mut redis::aio::MultiplexedConnection, key: &'static [u8], limits: &Limits| {
         let peek = [check(key, limits, 1, Mode::Peek)];
-        let values: Vec<redis::Value> = invocation(&script, &peek, CallOptions::default()).invoke_async(conn).await.unwrap();
+        let values: Vec<redis::Value> =
+            invocation(&script, &peek, CallOptions::default()).invoke_async(conn).await.unwrap();
         let reply = replies_of(&peek, values).unwrap().pop().unwrap().expect("a decision");
         reply.values()[3]
     };

@@ -45,7 +45,13 @@ pub(super) struct Lanes {
 }
 
 impl Lanes {
-    pub(super) fn new(pools: Pools, checks: usize, script: Script, options: &super::RedisOptions, cluster: bool) -> Self {
+    pub(super) fn new(
+        pools: Pools,
+        checks: usize,
+        script: Script,
+        options: &super::RedisOptions,
+        cluster: bool,
+    ) -> Self {
         let lanes = (0..=checks).map(|_| RwLock::new(None)).collect();
         let (timeout, previous_layout) = (options.timeout, options.previous_layout);
         Self { pools, lanes, next_lane: AtomicUsize::new(0), script, timeout, previous_layout, cluster }
