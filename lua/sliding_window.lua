@@ -7,11 +7,14 @@
 --          Cluster slot; a batch on Redis Cluster must keep to one slot). With ' previous', a
 --          name ending in '}:2' also names the previous release's ring,
 --          <prefix>{<fingerprint>}, which is read (never written): see "Rolling deploys".
--- ARGV[1]  '[<clock>][ previous]': the caller's clock in Unix ms for every check, or nothing
---          to use Redis TIME (the service always uses TIME; a caller clock, trusting each
---          replica's clock, exists for Redis services that forbid TIME in scripts and for
---          tests that replay a timeline); ' previous' to count the previous release's rings
---          too (see "Rolling deploys" below).
+-- ARGV[1]  '[<clock>][ previous][ by <deadline>]': the caller's clock in Unix ms for every
+--          check, or nothing to use Redis TIME (the service always uses TIME; a caller clock,
+--          trusting each replica's clock, exists for Redis services that forbid TIME in
+--          scripts and for tests that replay a timeline); ' previous' to count the previous
+--          release's rings too (see "Rolling deploys" below); ' by <deadline>' (Unix ms on
+--          Redis's clock) to fail whole with 'LATE ...', deciding and counting nothing, if
+--          Redis runs the call after it: its callers have stopped waiting and were answered
+--          otherwise (rule 4: no answer contradicts the store).
 -- ARGV[k + 1]  check k, one string: '<c> <mode> <L1> <W1> [<L2> <W2> ...]', decimal integers
 --          separated by single spaces, where
 --   c       is its cost, 1 <= c <= every window's limit
@@ -522,15 +525,23 @@ if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
   return redis.error_reply('ERR ratelimitd: invalid arguments: need the clock, then one argument per key: its check, "<cost> consume|peek <limit> <window ms> ..."')
 end
 
-local clock_arg, option = string.match(ARGV[1], '^(%d*)(.*)$')
-if option ~= '' and option ~= ' previous' then
-  return redis.error_reply('ERR ratelimitd: invalid arguments: the first argument must be "[<clock ms>][ previous]"')
+local clock_arg, rest = string.match(ARGV[1], '^(%d*)(.*)$')
+READ_PREVIOUS = string.sub(rest, 1, 9) == ' previous'
+if READ_PREVIOUS then
+  rest = string.sub(rest, 10)
 end
-READ_PREVIOUS = option == ' previous'
+local by = tonumber(string.match(rest, '^ by (%d+)$'))
+if rest ~= '' and not by then
+  return redis.error_reply('ERR ratelimitd: invalid arguments: the first argument must be "[<clock ms>][ previous][ by <deadline ms>]"')
+end
 local clock = tonumber(clock_arg)
-if not clock then
+if not clock or by then
   local t = redis.call('TIME')
-  clock = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  local redis_now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  if by and redis_now > by then
+    return redis.error_reply('LATE ratelimitd: the call ran ' .. (redis_now - by) .. ' ms after its deadline; nothing was decided')
+  end
+  clock = clock or redis_now
 end
 
 -- Decides KEYS[k] by `check` at `at` (as a peek with `peek_only`): nil and the next position,

@@ -1,19 +1,15 @@
 //! The script's contract, called directly: a batch decides each check alone, the
-//! script decides as the independent oracle does, counts its previous release's units (a
-//! rolling deploy), and denies a key at its limit from its header alone.
+//! script decides as the independent oracle does, keys expire on Redis's clock whatever the
+//! caller's, and a key at its limit is denied from its header alone.
 
 mod common;
 
 use std::time::Duration;
 
 use common::Backend;
+use common::script::{advance, check, decide, far_ahead, random_cost, random_policy};
 use ratelimitd::domain::{Limits, Mode};
 use ratelimitd::store::redis::script::{CallOptions, Check};
-
-/// A check of a script call.
-fn check<'a>(key: &'a [u8], limits: &'a Limits, cost: u32, mode: Mode) -> Check<'a> {
-    Check { key, limits, cost, mode }
-}
 
 /// A batch decides each check on its own: a key of another type, or a check with bad
 /// arguments, fails that check alone and changes nothing, and the checks around it
@@ -156,96 +152,6 @@ async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
     println!("{compared} decisions in {batches} batches: Lua and the in-process history decide as the oracle");
 }
 
-/// A rolling deploy: replicas of the previous release (`tests/fixtures`, the ring of 8-byte
-/// times named `<prefix>{fp}`) and of this one (`<prefix>{fp}:2`) share a Redis. This
-/// release counts the units the previous one counted: it allows exactly what the oracle over
-/// every unit counted by either allows, with the same fields; its denials are the oracle's
-/// too, but (the previous ring being read only for a request that would otherwise fit) with a
-/// retry_after and remaining from its own units, never later or fewer than the oracle's. The
-/// previous release never reads the new layout: it decides exactly on its own units and never
-/// misreads a key.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_script_and_its_previous_release_share_keys_exactly() {
-    use rand::{Rng, SeedableRng};
-    use ratelimitd::domain::oracle::Replay;
-
-    let backend = Backend::redis().await;
-    let mut conn = backend.redis.as_ref().unwrap().conn().await;
-    let current = redis::Script::new(include_str!("../lua/sliding_window.lua"));
-    let previous = redis::Script::new(include_str!("fixtures/sliding_window_26c706c.lua"));
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-    let mut now = far_ahead();
-    let (mut by_current, mut by_previous, mut short_retries) = (0, 0, 0);
-    for (round, limits) in [[3u32, 5, 8], [300, 300, 300], [200_000, 1_000_000, 1_000_000]].into_iter().enumerate() {
-        // One policy per key (the releases agree on it); the windows stay long enough
-        // that the previous release's ring holds every unit they count.
-        let policies: Vec<Limits> = (0..3).map(|_| random_policy(&mut rng, &limits)).collect();
-        let names: Vec<String> = (0..3).map(|key| format!("deploy-{round}-{{{key}}}")).collect();
-        let (mut every, mut own) = (vec![Replay::default(); 3], vec![Replay::default(); 3]);
-        for _ in 0..500 {
-            now += rng.random_range(0..400);
-            let key = rng.random_range(0..names.len());
-            let policy = &policies[key];
-            let cost = random_cost(&mut rng, policy.max_cost());
-            let mode = if rng.random_range(0..8) == 0 { Mode::Peek } else { Mode::Consume };
-            if rng.random_bool(0.5) {
-                let name = format!("{}:2", names[key]);
-                let expected = every[key].decide(now, policy, cost, mode);
-                let got = decide(&current, &mut conn, &[check(name.as_bytes(), policy, cost, mode)], now).await;
-                let what =
-                    format!("current, {name} at {now}, {policy:?}, cost {cost}, {mode:?}: {got:?}, {expected:?}");
-                if expected.allowed {
-                    assert_eq!(got[0], expected, "{what}");
-                } else {
-                    assert!(!got[0].allowed && got[0].decided_at_ms == expected.decided_at_ms, "{what}");
-                    assert!(got[0].retry_after_ms <= expected.retry_after_ms, "{what}");
-                    assert!(got[0].remaining >= expected.remaining, "{what}");
-                    short_retries += usize::from(got[0].retry_after_ms < expected.retry_after_ms);
-                }
-                by_current += 1;
-            } else {
-                let name = &names[key];
-                let expected = own[key].decide(now, policy, cost, mode);
-                let got = decide(&previous, &mut conn, &[check(name.as_bytes(), policy, cost, mode)], now).await;
-                assert_eq!(got[0], expected, "previous, {name} at {now}, {policy:?}, cost {cost}, {mode:?}");
-                if expected.allowed && mode == Mode::Consume {
-                    every[key].count(expected.decided_at_ms, policy, cost);
-                }
-                by_previous += 1;
-            }
-        }
-    }
-    println!(
-        "{by_current} decisions by this release, {by_previous} by the previous one, each the oracle's \
-         ({short_retries} denials by this release with a shorter retry_after)"
-    );
-}
-
-/// `--redis-previous-layout`: with `read` (the default) the previous release's units count,
-/// with `ignore` only this layout's do.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_previous_layout_counts_only_when_asked() {
-    use ratelimitd::domain::Window;
-    use ratelimitd::store::redis::script::{invocation, replies_of};
-
-    let backend = Backend::redis().await;
-    let mut conn = backend.redis.as_ref().unwrap().conn().await;
-    let current = redis::Script::new(include_str!("../lua/sliding_window.lua"));
-    let previous = redis::Script::new(include_str!("fixtures/sliding_window_26c706c.lua"));
-    let limits = Limits::new(&[Window::new(5, Duration::from_secs(60)).unwrap()]).unwrap();
-    let now = far_ahead();
-    let full = decide(&previous, &mut conn, &[check(b"upgrade{1}", &limits, 5, Mode::Consume)], now).await;
-    assert!(full[0].allowed, "the previous release counts 5 of 5");
-    let name: &[u8] = b"upgrade{1}:2";
-    for (previous_layout, allowed) in [(true, false), (false, true)] {
-        let call = [check(name, &limits, 1, Mode::Peek)];
-        let options = CallOptions { clock: Some(now + 1), previous_layout };
-        let values = invocation(&current, &call, options).invoke_async(&mut conn).await.unwrap();
-        let reply = replies_of(&call, values).unwrap().pop().unwrap().unwrap();
-        assert_eq!(reply.allowed(), allowed, "previous layout read: {previous_layout}");
-    }
-}
-
 /// A caller's clock a day behind Redis's: keys expire relative to the call, so a key lives
 /// its window (and an eighth) on Redis and its history still counts; an absolute expiry on
 /// that clock would have deleted every key at once, leaving no limit at all.
@@ -265,66 +171,6 @@ async fn a_caller_clock_behind_redis_expires_nothing_early() {
     }
     let ttl: i64 = redis::cmd("PTTL").arg(&name[..]).query_async(&mut conn).await.unwrap();
     assert!(ttl > 60_000 && ttl <= 67_500, "PTTL {ttl}: the key lives its window on Redis's clock");
-}
-
-/// Far enough ahead of the real clock that the caller's clock is never behind Redis's.
-fn far_ahead() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-        + 10 * 24 * 3600 * 1000
-}
-
-/// Time between two batches: mostly a few hundred ms, sometimes an idle spell past every
-/// window, rarely one of hours.
-fn advance(rng: &mut impl rand::Rng) -> u64 {
-    match rng.random_range(0..40) {
-        0 => rng.random_range(0..200_000),
-        1 => rng.random_range(0..20_000_000),
-        _ => rng.random_range(0..600),
-    }
-}
-
-/// One to four windows, each with a limit from `limits`: windows from 2 s to 60 s, and
-/// sometimes a longest one of 80 minutes or 23 days (wider times).
-fn random_policy(rng: &mut impl rand::Rng, limits: &[u32]) -> Limits {
-    use ratelimitd::domain::Window;
-    let longest = match rng.random_range(0..10) {
-        0 => 4_800_000,
-        1 => 2_000_000_000,
-        _ => 60_000,
-    };
-    let mut windows = Vec::new();
-    for window in [longest, 20_000u64, 6_000, 2_000] {
-        if windows.is_empty() || rng.random_range(0..3) == 0 {
-            let limit = limits[rng.random_range(0..limits.len())];
-            windows.push(Window::new(limit, Duration::from_millis(window)).unwrap());
-        }
-    }
-    Limits::new(&windows).unwrap()
-}
-
-/// Mostly cost 1 (the unit format), sometimes any cost up to `max`.
-fn random_cost(rng: &mut impl rand::Rng, max: u32) -> u32 {
-    if rng.random_range(0..3) == 0 { rng.random_range(1..=max) } else { 1 }
-}
-
-/// Decides `checks` in one script call at `now`, as the store does with
-/// `--redis-previous-layout read` (a script of the previous release takes only the clock).
-async fn decide(
-    script: &redis::Script,
-    conn: &mut redis::aio::MultiplexedConnection,
-    checks: &[Check<'_>],
-    now: u64,
-) -> Vec<ratelimitd::domain::Decision> {
-    use ratelimitd::store::redis::script::{decode, invocation, replies_of};
-    let current = script.get_hash() == redis::Script::new(include_str!("../lua/sliding_window.lua")).get_hash();
-    let options = CallOptions { clock: Some(now), previous_layout: current };
-    let values = invocation(script, checks, options).invoke_async(conn).await.expect("the script runs");
-    let replies = replies_of(checks, values).expect("one reply per check");
-    checks
-        .iter()
-        .zip(replies)
-        .map(|(c, reply)| decode(c.limits, c.cost, &reply.expect("a decision")).expect("a well-formed reply"))
-        .collect()
 }
 
 /// A key at its limit is denied from its header alone: one read, no write, however

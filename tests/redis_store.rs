@@ -179,6 +179,7 @@ fn one_connection_store(redis: &common::Redis, prefix: &str) -> ratelimitd::stor
         key_prefix: prefix.into(),
         previous_layout: true,
         timeout: Duration::from_secs(2),
+        longest_wait: Duration::from_secs(2),
         connections: 1,
         batch: 32,
         tls: None,

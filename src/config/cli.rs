@@ -117,9 +117,10 @@ pub struct Cli {
     #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_PREVIOUS_LAYOUT", default_value = "read")]
     pub redis_previous_layout: PreviousLayout,
 
-    /// Deadline of each Redis call, connecting included (e.g. 10ms, 50ms). A call that misses
-    /// it is answered by the key's failure mode (--failure-mode).
-    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_TIMEOUT", default_value = "10ms", value_parser = parse_duration)]
+    /// Deadline of each Redis call, connecting included, for callers that send none (a gRPC
+    /// caller's own deadline, less a margin to answer it, is used instead). A call that
+    /// misses it is answered by the key's failure mode (--failure-mode).
+    #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
     /// What a check answers when Redis fails or misses its deadline, for policies that do not

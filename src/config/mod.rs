@@ -180,6 +180,7 @@ impl Config {
                     key_prefix: cli.redis_key_prefix.clone(),
                     previous_layout: cli.redis_previous_layout == cli::PreviousLayout::Read,
                     timeout: cli.redis_timeout,
+                    longest_wait: cli.request_timeout,
                     connections: cli.redis_connections.map_or(worker_threads.min(256), usize::from),
                     batch: usize::from(cli.redis_batch),
                     tls,

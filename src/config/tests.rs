@@ -57,7 +57,9 @@ fn bad_values_name_their_flag() {
 fn redis_needs_a_shared_secret() {
     let config = parse(&["--redis-url", "redis://h:6379", "--fingerprint-secret", "s3cret"]).unwrap();
     let StoreConfig::Redis(options) = config.store else { panic!("expected the Redis store") };
-    assert_eq!(options.timeout, Duration::from_millis(10));
+    assert_eq!(options.timeout, Duration::from_millis(50));
+    assert_eq!(options.longest_wait, Duration::from_secs(1), "--request-timeout bounds a caller's deadline");
+    assert!(options.previous_layout);
     assert_eq!(options.key_prefix, "ratelimitd:");
 }
 

@@ -53,6 +53,13 @@ impl From<Verdict> for pb::CheckAndConsumeResponse {
 
 /// Bad input is the caller's to fix (INVALID_ARGUMENT); a store that is down or
 /// slow may recover (UNAVAILABLE, worth a retry with backoff); anything else is ours.
+/// The caller's deadline (its `grpc-timeout`; Envoy sends its filter's `timeout`), for the
+/// store calls made while serving it.
+pub fn caller_deadline<T>(request: &tonic::Request<T>) -> Option<std::time::Instant> {
+    let value = request.metadata().get("grpc-timeout")?;
+    crate::sync::CallerDeadline::from_grpc_timeout(value.as_bytes(), std::time::Instant::now())
+}
+
 pub fn to_status(error: CheckError) -> Status {
     match &error {
         CheckError::Invalid(_) => Status::invalid_argument(error.to_string()),

@@ -6,9 +6,10 @@ use tonic::{Request, Response, Status};
 
 use super::pb::rate_limiter_server::RateLimiter;
 use super::pb::{CheckAndConsumeRequest, CheckAndConsumeResponse, PeekRequest};
-use super::to_status;
+use super::{caller_deadline, to_status};
 use crate::limiter::Limiter;
 use crate::store::Store;
+use crate::sync::CallerDeadline;
 
 pub struct RateLimiterService<S> {
     limiter: Arc<Limiter<S>>,
@@ -29,8 +30,10 @@ impl<S: Store> RateLimiter for RateLimiterService<S> {
         &self,
         request: Request<CheckAndConsumeRequest>,
     ) -> Result<Response<CheckAndConsumeResponse>, Status> {
+        let deadline = caller_deadline(&request);
         let request = request.into_inner();
-        match self.limiter.check_and_consume(&request.key_id, request.cost).await {
+        let verdict = CallerDeadline::scope(deadline, self.limiter.check_and_consume(&request.key_id, request.cost));
+        match verdict.await {
             Ok(verdict) => {
                 let d = &verdict.decision;
                 tracing::debug!(
@@ -47,8 +50,9 @@ impl<S: Store> RateLimiter for RateLimiterService<S> {
 
     #[tracing::instrument(level = "debug", skip_all, fields(key = tracing::field::Empty, cost = request.get_ref().cost))]
     async fn peek(&self, request: Request<PeekRequest>) -> Result<Response<CheckAndConsumeResponse>, Status> {
+        let deadline = caller_deadline(&request);
         let request = request.into_inner();
-        match self.limiter.peek(&request.key_id, request.cost).await {
+        match CallerDeadline::scope(deadline, self.limiter.peek(&request.key_id, request.cost)).await {
             Ok(verdict) => Ok(Response::new(verdict.into())),
             Err(error) => Err(to_status(error)),
         }

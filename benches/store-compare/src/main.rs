@@ -128,6 +128,7 @@ async fn ours(args: &Args, limit: u32, window: Duration, prefix: &str, batch: us
         key_prefix: prefix.to_owned(),
         previous_layout: false,
         timeout: Duration::from_secs(2),
+        longest_wait: Duration::from_secs(2),
         connections: args.connections,
         batch,
         tls: None,

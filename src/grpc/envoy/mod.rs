@@ -63,6 +63,7 @@ impl<S: Store> RateLimitService for EnvoyRateLimitService<S> {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        let deadline = super::caller_deadline(&request);
         let request = request.into_inner();
         // Every descriptor is checked, against one snapshot of the policies, before any
         // is counted.
@@ -86,7 +87,8 @@ impl<S: Store> RateLimitService for EnvoyRateLimitService<S> {
             // Envoy rejects the whole request: no key of it may count it.
             keys.peek_only();
         }
-        let verdicts = self.limiter.decide_all(&keys).await.map_err(to_status)?;
+        let verdicts =
+            crate::sync::CallerDeadline::scope(deadline, self.limiter.decide_all(&keys)).await.map_err(to_status)?;
         Ok(Response::new(respond(&targets, &verdicts)))
     }
 }

@@ -3,6 +3,7 @@
 //! called alone, so batching changes what a check costs Redis, never what it decides.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -23,6 +24,8 @@ struct Pending {
     limits: Limits,
     cost: u32,
     mode: Mode,
+    /// When its caller stops waiting (less the margin to answer it).
+    until: Instant,
     answer: oneshot::Sender<Result<Reply, StoreError>>,
 }
 
@@ -74,9 +77,10 @@ impl Batches {
         mode: Mode,
     ) -> Result<Reply, StoreError> {
         let (answer, decided) = oneshot::channel();
+        let until = self.lanes.wait_until(Instant::now());
         let start = {
             let mut queue = lock(&self.queues[lane]);
-            queue.waiting.push(Pending { key, limits, cost, mode, answer });
+            queue.waiting.push(Pending { key, limits, cost, mode, until, answer });
             if queue.in_flight < BATCHES_IN_FLIGHT {
                 queue.in_flight += 1;
                 queue.next(self.max)
@@ -89,11 +93,11 @@ impl Batches {
             let sender = Sender { batches: Arc::clone(self), lane, done: false };
             tokio::spawn(sender.run(batch));
         }
-        let timeout = self.lanes.timeout;
-        match tokio::time::timeout(timeout, decided).await {
+        let waited = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout_at(until.into(), decided).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(dropped()),
-            Err(_) => Err(StoreError::Timeout(timeout)),
+            Err(_) => Err(StoreError::Timeout(waited)),
         }
     }
 
@@ -104,7 +108,11 @@ impl Batches {
             .iter()
             .map(|p| Check { key: p.key.as_slice(), limits: &p.limits, cost: p.cost, mode: p.mode })
             .collect();
-        let replies = self.lanes.bounded(lane, self.lanes.eval(lane, &checks, false)).await;
+        // The script counts nothing once the first of these callers has stopped waiting;
+        // the call is waited for as long as the last of them waits.
+        let first = batch.iter().map(|p| p.until).min().unwrap_or_else(Instant::now);
+        let last = batch.iter().map(|p| p.until).max().unwrap_or(first);
+        let replies = self.lanes.bounded(lane, last, self.lanes.eval(lane, &checks, false, first)).await;
         match replies {
             Ok(replies) => {
                 for (check, reply) in batch.into_iter().zip(replies) {

@@ -7,14 +7,20 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use tokio::sync::RwLock;
 
+use super::clock::RedisClock;
 use super::connect::{Conn, Pooled, Pools};
 use super::script::{CallOptions, Check, Reply, group_invocation, invocation, replies_of};
 use crate::store::StoreError;
+use crate::sync::CallerDeadline;
+
+/// Time kept, before the caller's deadline, to answer it (at least this, or a tenth of the
+/// caller's wait): a check still undecided then is answered by its failure mode.
+const ANSWER_MARGIN: Duration = Duration::from_millis(2);
 
 thread_local! {
     /// The lane of this thread's checks (see [`Lanes::bind_thread`]); `None` spreads
@@ -38,8 +44,12 @@ pub(super) struct Lanes {
     next_lane: AtomicUsize,
     pub(super) script: Script,
     pub(super) timeout: Duration,
+    /// The server's bound on a whole call (`--request-timeout`): no caller waits longer.
+    longest_wait: Duration,
     /// Count the previous release's rings too (see [`super::RedisOptions`]).
     previous_layout: bool,
+    /// What is known of Redis's clock, to send callers' deadlines on it.
+    clock: RedisClock,
     /// A cluster connection follows the topology by itself and is never reset.
     cluster: bool,
 }
@@ -53,8 +63,9 @@ impl Lanes {
         cluster: bool,
     ) -> Self {
         let lanes = (0..=checks).map(|_| RwLock::new(None)).collect();
-        let (timeout, previous_layout) = (options.timeout, options.previous_layout);
-        Self { pools, lanes, next_lane: AtomicUsize::new(0), script, timeout, previous_layout, cluster }
+        let (timeout, longest_wait, previous_layout) = (options.timeout, options.longest_wait, options.previous_layout);
+        let (next_lane, clock) = (AtomicUsize::new(0), RedisClock::default());
+        Self { pools, lanes, next_lane, script, timeout, longest_wait, previous_layout, clock, cluster }
     }
 
     /// Makes this thread's checks use lane `worker` mod the check lanes: a worker thread
@@ -78,39 +89,71 @@ impl Lanes {
         }
     }
 
+    /// How long a check made at `now` waits for Redis: as long as its caller waits (at
+    /// most the server's own bound on a call), less the margin to answer it;
+    /// `--redis-timeout` when the caller sent no deadline.
+    pub(super) fn wait_until(&self, now: Instant) -> Instant {
+        match CallerDeadline::current() {
+            Some(deadline) => {
+                let wait = deadline.saturating_duration_since(now).min(self.longest_wait);
+                now + wait.saturating_sub(ANSWER_MARGIN.max(wait / 10))
+            }
+            None => now + self.timeout,
+        }
+    }
+
+    /// Learns from a reply received now that Redis's clock read `redis_ms` before sending it.
+    pub(super) fn observe_clock(&self, redis_ms: u64) {
+        self.clock.observe(redis_ms);
+    }
+
     /// One script call deciding `checks` in order (with `group`, as one all-or-nothing
-    /// request): one reply per check, or the call's failure.
+    /// request): one reply per check, or the call's failure. The call counts nothing if
+    /// Redis runs it after `until`, when its callers have stopped waiting (see `clock`).
     pub(super) async fn eval(
         &self,
         lane: usize,
         checks: &[Check<'_>],
         group: bool,
+        until: Instant,
     ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
         let mut conn = self.connection(lane).await?;
-        let options = CallOptions { clock: None, previous_layout: self.previous_layout };
+        let deadline = self.clock.deadline_ms(until);
+        let options = CallOptions { clock: None, previous_layout: self.previous_layout, deadline };
         let invocation = if group {
             group_invocation(&self.script, checks, options)
         } else {
             invocation(&self.script, checks, options)
         };
         match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
-            Ok(replies) => replies_of(checks, replies),
+            Ok(replies) => {
+                let replies = replies_of(checks, replies)?;
+                let earliest = replies.iter().filter_map(|r| r.as_ref().ok()?.values().get(1).copied()).min();
+                if let Some(decided_at) = earliest {
+                    self.clock.observe(decided_at);
+                }
+                Ok(replies)
+            }
+            // Run after its callers' deadline: nothing was counted, and they have been answered.
+            Err(e) if e.code() == Some("LATE") => Err(StoreError::Timeout(Duration::ZERO)),
             Err(e) => Err(self.failed(e)),
         }
     }
 
-    /// Bounds a call by the timeout. A call that hangs may be on a dead connection
-    /// (a hung or unplugged Redis sends no reset), so its lane reconnects.
+    /// Bounds a call by `until`. A call that hangs may be on a dead connection (a hung or
+    /// unplugged Redis sends no reset), so its lane reconnects.
     pub(super) async fn bounded<T>(
         &self,
         lane: usize,
+        until: Instant,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let waited = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout_at(until.into(), call).await {
             Ok(result) => result,
             Err(_) => {
                 self.reset(lane);
-                Err(StoreError::Timeout(self.timeout))
+                Err(StoreError::Timeout(waited))
             }
         }
     }

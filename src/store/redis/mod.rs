@@ -4,11 +4,13 @@
 //!
 //! - [`options`]: where Redis is and how long to wait for it;
 //! - `connect`: the deadpool-redis pools, one multiplexed connection type;
-//! - `lanes`: the connections the store's calls share, bounded by the timeout;
+//! - `lanes`: the connections the store's calls share, bounded by the callers' deadlines;
+//! - `clock`: what is known of Redis's clock, so a call counts nothing after its deadline;
 //! - `batch`: checks that meet on a lane leave together in one script call;
 //! - [`script`]: the Rust half of the script's contract (arguments and reply).
 
 mod batch;
+mod clock;
 mod connect;
 mod lanes;
 pub mod options;
@@ -76,13 +78,20 @@ impl RedisStore {
     }
 
     /// Loads the script, so that the first checks do not meet NOSCRIPT (they would
-    /// load it and retry, as after a Redis restart or SCRIPT FLUSH).
+    /// load it and retry, as after a Redis restart or SCRIPT FLUSH), and reads Redis's
+    /// clock, so that the first checks already carry their deadline on it.
     pub async fn prepare(&self) -> Result<(), StoreError> {
         let lanes = &self.batches.lanes;
         let call = async {
             let mut conn = lanes.connection(lanes.control_lane()).await?;
-            match lanes.script.load_async(&mut conn).await {
-                Ok(_) => Ok(()),
+            if let Err(e) = lanes.script.load_async(&mut conn).await {
+                return Err(lanes.failed(e));
+            }
+            match redis::cmd("TIME").query_async::<(u64, u64)>(&mut conn).await {
+                Ok((seconds, micros)) => {
+                    lanes.observe_clock(seconds * 1000 + micros / 1000);
+                    Ok(())
+                }
                 Err(e) => Err(lanes.failed(e)),
             }
         };
@@ -91,18 +100,22 @@ impl RedisStore {
         tokio::time::timeout(timeout, call).await.unwrap_or(Err(StoreError::Timeout(timeout)))
     }
 
-    /// Checks that Redis answers (PING on its own lane), within the timeout.
+    /// Checks that Redis answers (TIME on its own lane, which also tells what its clock
+    /// reads), within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let lanes = &self.batches.lanes;
         let lane = lanes.control_lane();
         let call = async {
             let mut conn = lanes.connection(lane).await?;
-            match redis::cmd("PING").query_async::<()>(&mut conn).await {
-                Ok(()) => Ok(()),
+            match redis::cmd("TIME").query_async::<(u64, u64)>(&mut conn).await {
+                Ok((seconds, micros)) => {
+                    lanes.observe_clock(seconds * 1000 + micros / 1000);
+                    Ok(())
+                }
                 Err(e) => Err(lanes.failed(e)),
             }
         };
-        lanes.bounded(lane, call).await
+        lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }
 
     /// The Redis key holding `key`'s history: the braces make Redis Cluster hash
@@ -122,7 +135,8 @@ impl RedisStore {
     async fn alone(&self, lane: usize, check: Check<'_>) -> Result<Reply, StoreError> {
         metrics::redis_batch(1);
         let lanes = &self.batches.lanes;
-        let mut replies = lanes.bounded(lane, lanes.eval(lane, &[check], false)).await?;
+        let until = lanes.wait_until(Instant::now());
+        let mut replies = lanes.bounded(lane, until, lanes.eval(lane, &[check], false, until)).await?;
         replies.pop().unwrap_or_else(|| Err(StoreError::Failed("no reply".into())))
     }
 
@@ -139,7 +153,8 @@ impl RedisStore {
             .collect();
         metrics::redis_batch(calls.len());
         let started = Instant::now();
-        let replies = lanes.bounded(lane, lanes.eval(lane, &calls, true)).await;
+        let until = lanes.wait_until(started);
+        let replies = lanes.bounded(lane, until, lanes.eval(lane, &calls, true, until)).await;
         metrics::redis_call(started.elapsed(), replies.as_ref().err().map(StoreError::kind));
         let replies = replies?;
         checks.iter().zip(replies).map(|(c, reply)| decode(c.limits, c.cost, &reply?)).collect()

@@ -60,8 +60,11 @@ pub struct RedisOptions {
     pub key_prefix: String,
     /// Also count each key's units in the previous release's layout (a rolling upgrade).
     pub previous_layout: bool,
-    /// The bound on each call, connecting included.
+    /// The bound on each call, connecting included, when its caller sends no deadline.
     pub timeout: Duration,
+    /// The longest a call waits, whatever its caller's deadline (the server's own bound
+    /// on a request).
+    pub longest_wait: Duration,
     /// Multiplexed connections for checks (one more is opened for PING and SCRIPT LOAD);
     /// each pipelines any number of concurrent calls.
     pub connections: usize,
@@ -82,6 +85,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("key_prefix", &self.key_prefix)
             .field("previous_layout", &self.previous_layout)
             .field("timeout", &self.timeout)
+            .field("longest_wait", &self.longest_wait)
             .field("connections", &self.connections)
             .field("batch", &self.batch)
             .field("tls", &self.tls)

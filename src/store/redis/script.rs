@@ -55,18 +55,27 @@ pub struct CallOptions {
     pub clock: Option<u64>,
     /// Also count the previous release's ring of each key (a rolling upgrade).
     pub previous_layout: bool,
+    /// Count nothing if Redis runs the call after this time on its clock (Unix ms): its
+    /// callers have stopped waiting.
+    pub deadline: Option<u64>,
 }
 
 impl CallOptions {
     /// On the caller's clock `ms`, this layout only: how tests replay a timeline.
     pub fn at(ms: u64) -> Self {
-        Self { clock: Some(ms), previous_layout: false }
+        Self { clock: Some(ms), ..Self::default() }
     }
 
-    /// The script's first argument: `[<clock ms>][ previous]`.
+    /// The script's first argument: `[<clock ms>][ previous][ by <deadline ms>]`.
     fn arg(self) -> String {
-        let clock = self.clock.map(|ms| ms.to_string()).unwrap_or_default();
-        if self.previous_layout { clock + " previous" } else { clock }
+        let mut arg = self.clock.map(|ms| ms.to_string()).unwrap_or_default();
+        if self.previous_layout {
+            arg.push_str(" previous");
+        }
+        if let Some(deadline) = self.deadline {
+            arg.push_str(&format!(" by {deadline}"));
+        }
+        arg
     }
 }
 

@@ -1,0 +1,71 @@
+//! Calling the script directly: checks, random timelines, one call decoded.
+
+use std::time::Duration;
+
+use ratelimitd::domain::{Limits, Mode};
+use ratelimitd::store::redis::script::{CallOptions, Check};
+
+/// A check of a script call.
+pub fn check<'a>(key: &'a [u8], limits: &'a Limits, cost: u32, mode: Mode) -> Check<'a> {
+    Check { key, limits, cost, mode }
+}
+
+/// Far enough ahead of the real clock that the caller's clock is never behind Redis's.
+pub fn far_ahead() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+        + 10 * 24 * 3600 * 1000
+}
+
+/// Time between two batches: mostly a few hundred ms, sometimes an idle spell past every
+/// window, rarely one of hours.
+pub fn advance(rng: &mut impl rand::Rng) -> u64 {
+    match rng.random_range(0..40) {
+        0 => rng.random_range(0..200_000),
+        1 => rng.random_range(0..20_000_000),
+        _ => rng.random_range(0..600),
+    }
+}
+
+/// One to four windows, each with a limit from `limits`: windows from 2 s to 60 s, and
+/// sometimes a longest one of 80 minutes or 23 days (wider times).
+pub fn random_policy(rng: &mut impl rand::Rng, limits: &[u32]) -> Limits {
+    use ratelimitd::domain::Window;
+    let longest = match rng.random_range(0..10) {
+        0 => 4_800_000,
+        1 => 2_000_000_000,
+        _ => 60_000,
+    };
+    let mut windows = Vec::new();
+    for window in [longest, 20_000u64, 6_000, 2_000] {
+        if windows.is_empty() || rng.random_range(0..3) == 0 {
+            let limit = limits[rng.random_range(0..limits.len())];
+            windows.push(Window::new(limit, Duration::from_millis(window)).unwrap());
+        }
+    }
+    Limits::new(&windows).unwrap()
+}
+
+/// Mostly cost 1 (the unit format), sometimes any cost up to `max`.
+pub fn random_cost(rng: &mut impl rand::Rng, max: u32) -> u32 {
+    if rng.random_range(0..3) == 0 { rng.random_range(1..=max) } else { 1 }
+}
+
+/// Decides `checks` in one script call at `now`, as the store does with
+/// `--redis-previous-layout read` (a script of the previous release takes only the clock).
+pub async fn decide(
+    script: &redis::Script,
+    conn: &mut redis::aio::MultiplexedConnection,
+    checks: &[Check<'_>],
+    now: u64,
+) -> Vec<ratelimitd::domain::Decision> {
+    use ratelimitd::store::redis::script::{decode, invocation, replies_of};
+    let current = script.get_hash() == redis::Script::new(include_str!("../../lua/sliding_window.lua")).get_hash();
+    let options = CallOptions { clock: Some(now), previous_layout: current, deadline: None };
+    let values = invocation(script, checks, options).invoke_async(conn).await.expect("the script runs");
+    let replies = replies_of(checks, values).expect("one reply per check");
+    checks
+        .iter()
+        .zip(replies)
+        .map(|(c, reply)| decode(c.limits, c.cost, &reply.expect("a decision")).expect("a well-formed reply"))
+        .collect()
+}
