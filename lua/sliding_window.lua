@@ -14,7 +14,11 @@
 --          release's rings too (see "Rolling deploys" below); ' by <deadline>' (Unix ms on
 --          Redis's clock) to fail whole with 'LATE ...', deciding and counting nothing, if
 --          Redis runs the call after it: its callers have stopped waiting and were answered
---          otherwise (rule 4: no answer contradicts the store).
+--          otherwise (rule 4: no answer contradicts the store); ' existing' when Redis is
+--          full (maxmemory; the caller then runs this script with the allow-oom flag): a
+--          request is counted only in a key that exists and has room for it, so the value
+--          does not grow; one that would need a new key, or a bigger or wider value, fails
+--          alone with 'OOM ...', counting nothing (a group's check, its whole group).
 -- ARGV[k + 1]  check k, one string: '<c> <mode> <L1> <W1> [<L2> <W2> ...]', decimal integers
 --          separated by single spaces, where
 --   c       is its cost, 1 <= c <= every window's limit
@@ -85,6 +89,7 @@ local ENTRY, WRAP = {[3] = '<I3', [5] = '<I5', [8] = '<I5I3'}, {[3] = 16777216, 
 local HEADER_FIRST, HEADER_LAST = '0', tostring(HEADER - 1)
 local EXPIRES_AT = 27 -- the expiry's offset in the header
 local READ_PREVIOUS -- ARGV[1] asks for the previous release's rings (set below)
+local EXISTING_ONLY -- ARGV[1] says Redis is full: count only where a key has room (below)
 local floor, min, max = math.floor, math.min, math.max
 
 -- The time bytes of a key's entries: 3 for a key of units (K = 0) under windows below 2^22
@@ -442,6 +447,22 @@ local function judge_all(check, now, last, first, previous, at)
   return allowed
 end
 
+-- Whether counting `check` at `now` needs no new key and no bigger or wider value: all that a
+-- full Redis still allows (EXISTING_ONLY).
+local function in_place(check, exists, now, first)
+  if not exists then
+    return false
+  end
+  local k_bytes = 0
+  if check.cost > 1 or check.capacity > UNIT_LIMIT or K > 0 then
+    k_bytes = 3
+  end
+  if max(time_bytes(check.windows[1], k_bytes), T) ~= T or k_bytes ~= K then
+    return false
+  end
+  return n - first < C or (K > 0 and newest == now)
+end
+
 -- Decides `check` (a parsed argument, see parse() below) for `name`: the script's work for
 -- one check (see the top). Writes the decision's values into `out` from index `at` and
 -- returns nothing, or returns a string saying what is wrong with the key, having written
@@ -477,7 +498,9 @@ local function decide(name, check, clock, at, peek_only)
       allowed = judge_all(check, now, last, first, previous, at)
     end
   end
-  if check.peek or peek_only then
+  if allowed and EXISTING_ONLY and not check.peek and not in_place(check, exists, now, first) then
+    return 'OOM ratelimitd: Redis is full (maxmemory) and key ' .. name .. ' has no room for this request; nothing was counted'
+  elseif check.peek or peek_only then
     return
   elseif allowed then
     record(name, exists, check, now, clock, first)
@@ -526,13 +549,18 @@ if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
 end
 
 local clock_arg, rest = string.match(ARGV[1], '^(%d*)(.*)$')
-READ_PREVIOUS = string.sub(rest, 1, 9) == ' previous'
-if READ_PREVIOUS then
-  rest = string.sub(rest, 10)
+-- Takes ' <word>' off the front of the rest of ARGV[1], if it is there.
+local function option(word)
+  if string.sub(rest, 1, #word + 1) ~= ' ' .. word then
+    return false
+  end
+  rest = string.sub(rest, #word + 2)
+  return true
 end
+READ_PREVIOUS, EXISTING_ONLY = option('previous'), option('existing')
 local by = tonumber(string.match(rest, '^ by (%d+)$'))
 if rest ~= '' and not by then
-  return redis.error_reply('ERR ratelimitd: invalid arguments: the first argument must be "[<clock ms>][ previous][ by <deadline ms>]"')
+  return redis.error_reply('ERR ratelimitd: invalid arguments: the first argument must be "[<clock ms>][ previous][ existing][ by <deadline ms>]"')
 end
 local clock = tonumber(clock_arg)
 if not clock or by then
@@ -558,6 +586,10 @@ local function decide_at(k, check, at, peek_only)
     end
   end
   if failure then
+    -- A decision's values written before the failure are not part of the reply.
+    for i = at + 1, at + 2 + 2 * check.count do
+      out[i] = nil
+    end
     out[at] = failure
     return failure, at + 1
   end

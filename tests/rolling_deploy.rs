@@ -92,7 +92,7 @@ async fn the_previous_layout_counts_only_when_asked() {
     let name: &[u8] = b"upgrade{1}:2";
     for (previous_layout, allowed) in [(true, false), (false, true)] {
         let call = [check(name, &limits, 1, Mode::Peek)];
-        let options = CallOptions { clock: Some(now + 1), previous_layout, deadline: None };
+        let options = CallOptions { clock: Some(now + 1), previous_layout, ..CallOptions::default() };
         let values = invocation(&current, &call, options).invoke_async(&mut conn).await.unwrap();
         let reply = replies_of(&call, values).unwrap().pop().unwrap().unwrap();
         assert_eq!(reply.allowed(), allowed, "previous layout read: {previous_layout}");

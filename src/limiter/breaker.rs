@@ -74,10 +74,10 @@ impl Breaker {
         }
     }
 
-    /// Records a call's outcome: `transient_failure` for a store that did not answer.
+    /// Records a call's outcome: `store_down` for a store that did not answer, or refused the call.
     /// Returns the new state when it changed.
-    pub fn record(&self, permit: Permit, transient_failure: bool) -> Option<BreakerState> {
-        if !transient_failure && permit == Permit::Call && self.healthy.load(Ordering::Acquire) {
+    pub fn record(&self, permit: Permit, store_down: bool) -> Option<BreakerState> {
+        if !store_down && permit == Permit::Call && self.healthy.load(Ordering::Acquire) {
             return None;
         }
         let mut inner = lock(&self.inner);
@@ -85,7 +85,7 @@ impl Breaker {
             inner.trial = false;
         }
         let was_open = inner.open_until.is_some();
-        let change = if !transient_failure {
+        let change = if !store_down {
             inner.failures = 0;
             inner.open_until = None;
             was_open.then_some(BreakerState::Closed)
@@ -132,9 +132,9 @@ pub struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// Records the outcome; returns the breaker's new state when it changed.
-    pub fn finish(mut self, transient_failure: bool) -> Option<BreakerState> {
+    pub fn finish(mut self, store_down: bool) -> Option<BreakerState> {
         self.finished = true;
-        self.breaker.record(self.permit, transient_failure)
+        self.breaker.record(self.permit, store_down)
     }
 }
 

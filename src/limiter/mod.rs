@@ -259,8 +259,8 @@ impl<S: Store> Limiter<S> {
         };
         let _in_flight = InFlight::start();
         let result = call.await;
-        let transient = matches!(&result, Err(e) if e.is_transient());
-        if let Some(state) = attempt.finish(transient) {
+        let down = matches!(&result, Err(e) if e.opens_breaker());
+        if let Some(state) = attempt.finish(down) {
             metrics::breaker_open(state == BreakerState::Open);
             let error = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
             match state {
@@ -283,12 +283,13 @@ impl<S: Store> Limiter<S> {
                 self.note_store_health(false);
             }
             Err(e) => {
-                // A failure that needs an operator (a script error, a key of another type):
-                // logged at most once per interval, with how many calls it failed since.
+                // A failure that needs an operator (a refused call, a key of another type,
+                // a full Redis): logged at most once per interval, with how many calls it
+                // failed since. A refused call means the store cannot serve at all.
                 if let Some(calls) = self.failures_logged.due() {
                     tracing::warn!(endpoint = %self.store.endpoint(), error = %e, calls, "store calls failed");
                 }
-                self.note_store_health(true);
+                self.note_store_health(!e.opens_breaker());
             }
         }
         Ok(result?)

@@ -118,7 +118,10 @@ fn describe() {
         "Time each check waited for Redis, by outcome: its script call, and any wait for its batch to leave."
     );
     describe_histogram!(REDIS_BATCH_CHECKS, "Checks decided by each Redis script call (a batch).");
-    describe_counter!(REDIS_ERRORS, "Checks whose Redis call failed, by kind (timeout, unavailable, failed).");
+    describe_counter!(
+        REDIS_ERRORS,
+        "Checks whose Redis call failed, by kind (timeout, unavailable, auth, oom, rejected: the call was refused; failed: the check alone)."
+    );
     describe_gauge!(STORE_UP, "1 if the last store call or health probe succeeded, else 0.");
     describe_counter!(DENY_CACHE_HITS, "Denials answered from the local deny cache, without a store call.");
     describe_counter!(

@@ -92,6 +92,12 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The store refused the whole call (a wrong password or permission, a script error,
+    /// ...): every call will fail alike until an operator acts.
+    #[error("the store refused the call: {0}")]
+    Rejected(String),
+    /// One check failed (a key of another type, no room for it in a full Redis); the
+    /// store answers the others.
     #[error("the store failed: {0}")]
     Failed(String),
 }
@@ -101,12 +107,63 @@ impl StoreError {
         matches!(self, Self::Timeout(_) | Self::Unavailable(_))
     }
 
+    /// Whether the store as a whole cannot answer: counted by the circuit breaker.
+    pub fn opens_breaker(&self) -> bool {
+        !matches!(self, Self::Failed(_))
+    }
+
     /// The `kind` label of the error metrics.
     pub fn kind(&self) -> &'static str {
+        let code = |words: &str| words.split_whitespace().next().unwrap_or_default().to_owned();
         match self {
             Self::Timeout(_) => "timeout",
             Self::Unavailable(_) => "unavailable",
+            Self::Rejected(words) | Self::Failed(words) if code(words) == "OOM" => "oom",
+            Self::Rejected(words) if ["NOAUTH", "WRONGPASS", "NOPERM"].contains(&code(words).as_str()) => "auth",
+            Self::Rejected(_) => "rejected",
             Self::Failed(_) => "failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::StoreError;
+
+    /// A refused call (the store cannot serve) opens the breaker and says why; one check's
+    /// failure (a key of another type, no room in a full Redis) does not.
+    #[test]
+    fn errors_say_whether_the_store_can_serve_and_why() {
+        let cases = [
+            (StoreError::Timeout(Duration::from_millis(50)), true, "timeout"),
+            (StoreError::Unavailable("connection refused".into()), true, "unavailable"),
+            (StoreError::Rejected("NOAUTH Authentication required.".into()), true, "auth"),
+            (
+                StoreError::Rejected("NOPERM this user has no permissions to run the 'evalsha' command".into()),
+                true,
+                "auth",
+            ),
+            (StoreError::Rejected("OOM command not allowed when used memory > 'maxmemory'.".into()), true, "oom"),
+            (
+                StoreError::Rejected("ERR user_script:1: Script attempted to access nonexistent global".into()),
+                true,
+                "rejected",
+            ),
+            (
+                StoreError::Failed("OOM ratelimitd: Redis is full (maxmemory) and key k has no room".into()),
+                false,
+                "oom",
+            ),
+            (
+                StoreError::Failed("WRONGTYPE Operation against a key holding the wrong kind of value".into()),
+                false,
+                "failed",
+            ),
+        ];
+        for (error, opens, kind) in cases {
+            assert_eq!((error.opens_breaker(), error.kind()), (opens, kind), "{error}");
         }
     }
 }

@@ -60,7 +60,7 @@ pub async fn decide(
 ) -> Vec<ratelimitd::domain::Decision> {
     use ratelimitd::store::redis::script::{decode, invocation, replies_of};
     let current = script.get_hash() == redis::Script::new(include_str!("../../lua/sliding_window.lua")).get_hash();
-    let options = CallOptions { clock: Some(now), previous_layout: current, deadline: None };
+    let options = CallOptions { clock: Some(now), previous_layout: current, ..CallOptions::default() };
     let values = invocation(script, checks, options).invoke_async(conn).await.expect("the script runs");
     let replies = replies_of(checks, values).expect("one reply per check");
     checks

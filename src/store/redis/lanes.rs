@@ -43,6 +43,8 @@ pub(super) struct Lanes {
     lanes: Box<[RwLock<Option<Lane>>]>,
     next_lane: AtomicUsize,
     pub(super) script: Script,
+    /// The script flagged allow-oom, for calls while Redis is full.
+    full_script: Script,
     pub(super) timeout: Duration,
     /// The server's bound on a whole call (`--request-timeout`): no caller waits longer.
     longest_wait: Duration,
@@ -65,7 +67,8 @@ impl Lanes {
         let lanes = (0..=checks).map(|_| RwLock::new(None)).collect();
         let (timeout, longest_wait, previous_layout) = (options.timeout, options.longest_wait, options.previous_layout);
         let (next_lane, clock) = (AtomicUsize::new(0), RedisClock::default());
-        Self { pools, lanes, next_lane, script, timeout, longest_wait, previous_layout, clock, cluster }
+        let full_script = super::script::full_script();
+        Self { pools, lanes, next_lane, script, full_script, timeout, longest_wait, previous_layout, clock, cluster }
     }
 
     /// Makes this thread's checks use lane `worker` mod the check lanes: a worker thread
@@ -119,13 +122,17 @@ impl Lanes {
     ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
         let mut conn = self.connection(lane).await?;
         let deadline = self.clock.deadline_ms(until);
-        let options = CallOptions { clock: None, previous_layout: self.previous_layout, deadline };
-        let invocation = if group {
-            group_invocation(&self.script, checks, options)
-        } else {
-            invocation(&self.script, checks, options)
-        };
-        match invocation.invoke_async::<Vec<Value>>(&mut conn).await {
+        let options =
+            CallOptions { clock: None, previous_layout: self.previous_layout, deadline, existing_only: false };
+        let mut result = self.invoke(&mut conn, &self.script, checks, group, options).await;
+        if matches!(&result, Err(e) if e.code() == Some("OOM")) {
+            // Redis is full and refused the call's first write (so nothing was written):
+            // again, counting only where keys have room. Existing keys stay exact; a
+            // request that needs room fails alone, answered by its failure mode.
+            let options = CallOptions { existing_only: true, ..options };
+            result = self.invoke(&mut conn, &self.full_script, checks, group, options).await;
+        }
+        match result {
             Ok(replies) => {
                 let replies = replies_of(checks, replies)?;
                 let earliest = replies.iter().filter_map(|r| r.as_ref().ok()?.values().get(1).copied()).min();
@@ -138,6 +145,19 @@ impl Lanes {
             Err(e) if e.code() == Some("LATE") => Err(StoreError::Timeout(Duration::ZERO)),
             Err(e) => Err(self.failed(e)),
         }
+    }
+
+    async fn invoke(
+        &self,
+        conn: &mut Conn,
+        script: &Script,
+        checks: &[Check<'_>],
+        group: bool,
+        options: CallOptions,
+    ) -> Result<Vec<Value>, RedisError> {
+        let invocation =
+            if group { group_invocation(script, checks, options) } else { invocation(script, checks, options) };
+        invocation.invoke_async::<Vec<Value>>(conn).await
     }
 
     /// Bounds a call by `until`. A call that hangs may be on a dead connection (a hung or
@@ -238,5 +258,5 @@ fn classify(e: RedisError) -> StoreError {
                     | ServerErrorKind::ReadOnly
             )
         );
-    if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Failed(e.to_string()) }
+    if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Rejected(e.to_string()) }
 }

@@ -10,9 +10,18 @@ use crate::store::StoreError;
 /// The script's source, loaded once per Redis (EVALSHA, reloaded on NOSCRIPT).
 pub const SOURCE: &str = include_str!("../../../lua/sliding_window.lua");
 
+/// The same script flagged `allow-oom`, for calls made while Redis is full (maxmemory):
+/// with ` existing` it counts only where a key has room, so no value grows.
+pub const FULL_SOURCE: &str = concat!("#!lua flags=allow-oom\n", include_str!("../../../lua/sliding_window.lua"));
+
 /// The script, ready to invoke.
 pub fn script() -> Script {
     Script::new(SOURCE)
+}
+
+/// [`FULL_SOURCE`], ready to invoke.
+pub fn full_script() -> Script {
+    Script::new(FULL_SOURCE)
 }
 
 /// One check of a script call.
@@ -58,6 +67,8 @@ pub struct CallOptions {
     /// Count nothing if Redis runs the call after this time on its clock (Unix ms): its
     /// callers have stopped waiting.
     pub deadline: Option<u64>,
+    /// Redis is full: count only in keys with room (with [`full_script`]).
+    pub existing_only: bool,
 }
 
 impl CallOptions {
@@ -66,11 +77,14 @@ impl CallOptions {
         Self { clock: Some(ms), ..Self::default() }
     }
 
-    /// The script's first argument: `[<clock ms>][ previous][ by <deadline ms>]`.
+    /// The script's first argument: `[<clock ms>][ previous][ existing][ by <deadline ms>]`.
     fn arg(self) -> String {
         let mut arg = self.clock.map(|ms| ms.to_string()).unwrap_or_default();
         if self.previous_layout {
             arg.push_str(" previous");
+        }
+        if self.existing_only {
+            arg.push_str(" existing");
         }
         if let Some(deadline) = self.deadline {
             arg.push_str(&format!(" by {deadline}"));
