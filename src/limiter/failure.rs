@@ -48,13 +48,23 @@ impl<S: Store> Limiter<S> {
                     refusal.limit = divided.max_cost();
                     return refusal;
                 }
+                // What the store last said of the key still holds: denied until its time, or
+                // at most this replica's share of the units it had left.
+                if let Some(retry_after_ms) = self.known.forbids(key, cost, now) {
+                    refusal.retry_after_ms = retry_after_ms.max(1);
+                    return refusal;
+                }
                 // The in-process store cannot fail.
-                self.local.check(key, &divided, cost, mode).await.unwrap_or(refusal)
+                let decision = self.local.check(key, &divided, cost, mode).await.unwrap_or(refusal);
+                if decision.allowed && mode == Mode::Consume {
+                    self.known.spend(key, cost);
+                }
+                decision
             }
         }
     }
 }
 
-fn local_now_ms() -> u64 {
+pub(super) fn local_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -31,6 +31,7 @@ pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
                     cache.evict_expired();
                 }
                 limiter.local.evict_idle();
+                limiter.known.evict_expired(super::failure::local_now_ms());
                 tracing::trace!(evicted, "evicted idle keys");
             }
         }

@@ -8,6 +8,7 @@ mod deny_cache;
 mod failure;
 pub mod headers;
 pub mod housekeeping;
+mod known;
 pub mod multi;
 
 use breaker::{Breaker, BreakerState};
@@ -94,6 +95,8 @@ pub struct Limiter<S> {
     expected_replicas: u32,
     /// Paces the log lines of store failures that are not transient.
     failures_logged: LogEvery,
+    /// What the store last said of each key, where the `local` failure mode applies.
+    known: known::Known,
 }
 
 impl<S: Store> Limiter<S> {
@@ -110,6 +113,7 @@ impl<S: Store> Limiter<S> {
             local: MemoryStore::new(),
             expected_replicas: 1,
             failures_logged: LogEvery::default(),
+            known: known::Known::default(),
         }
     }
 
@@ -174,9 +178,12 @@ impl<S: Store> Limiter<S> {
             }
             None => self.ask_store(&key, &limits, cost, mode).await,
         };
+        let failure = checked.resolved.policy.failure;
+        if let (Ok(decision), Mode::Consume, FailureMode::Local) = (&result, mode, failure) {
+            self.known.learn(&key, &limits, decision, self.expected_replicas, failure::local_now_ms());
+        }
         let answer = match result {
             Err(CheckError::Store(error)) => {
-                let failure = checked.resolved.policy.failure;
                 Answer::FellBack(self.fall_back(&key, &limits, cost, mode, failure).await, failure, error)
             }
             Err(e) => return Err(e),

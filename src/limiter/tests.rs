@@ -104,3 +104,52 @@ async fn peek_counts_nothing() {
     assert!(limiter.check_and_consume("k", 1).await.unwrap().decision.allowed);
     assert!(!limiter.peek("k", 1).await.unwrap().decision.allowed);
 }
+
+/// A store that answers with `remaining` units left (or denies for a minute at 0), or
+/// fails while `down`.
+struct Leaves {
+    down: AtomicBool,
+    remaining: u32,
+}
+
+impl Store for Leaves {
+    async fn check(&self, _: &Fingerprint, limits: &Limits, c: u32, _: Mode) -> Result<Decision, StoreError> {
+        if self.down.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable("down for the test".into()));
+        }
+        let window = if self.remaining == 0 {
+            WindowCheck { spare: 0, retry_after_ms: 60_000 }
+        } else {
+            WindowCheck { spare: self.remaining + c, retry_after_ms: 0 }
+        };
+        Ok(Decision::assemble(limits, c, 1_000, 1_000, &[window]))
+    }
+}
+
+/// The local failure mode continues from what the store last said, not from an empty
+/// history: with 4 units left and 2 replicas, this one admits 2 (a fresh share of 10 / 2
+/// would be 5); a key last denied stays denied until the store's retry time.
+async fn local_mode_after(remaining: u32) -> Vec<bool> {
+    let base = limiter(10);
+    let store = Leaves { down: AtomicBool::new(false), remaining };
+    let limiter = Limiter::new(store, base.policies.clone(), base.fingerprinter.clone(), base.throttled.clone())
+        .with_expected_replicas(2);
+    limiter.check_and_consume("k", 1).await.unwrap();
+    limiter.store().down.store(true, Ordering::Relaxed);
+    let mut allowed = Vec::new();
+    for _ in 0..6 {
+        let verdict = limiter.check_and_consume("k", 1).await.unwrap();
+        assert_eq!(verdict.fallback, Some(FailureMode::Local));
+        if !verdict.decision.allowed {
+            assert!(verdict.decision.retry_after_ms > 50_000, "{verdict:?}");
+        }
+        allowed.push(verdict.decision.allowed);
+    }
+    allowed
+}
+
+#[tokio::test]
+async fn the_local_mode_continues_from_what_the_store_last_said() {
+    assert_eq!(local_mode_after(4).await, [true, true, false, false, false, false], "a share of 4 / 2");
+    assert_eq!(local_mode_after(0).await, [false; 6], "denied until the store's time");
+}
