@@ -73,3 +73,39 @@ async fn a_check_answered_by_a_failure_mode_is_never_counted_by_a_late_call() {
         assert_eq!(units_left(&mut client, key).await, 4, "{key}: the denied check was not counted");
     }
 }
+
+/// Checks of cost 1,000,000 on new keys (what an LLM-token policy sees) while other keys
+/// are checked, with the default `--redis-timeout` and no caller deadline: each big check
+/// costs Redis a few commands, so no other key's check misses its deadline (when a check
+/// wrote one slot per unit, each held Redis ~105 ms and other keys fell back).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_costly_check_delays_no_other_key() {
+    let backend = Backend::redis().await;
+    let extra = ["--redis-timeout", "50ms", "--failure-mode", "closed"];
+    let server = TestServer::start(backend.config_with(1_000_000, "60s", &extra)).await;
+    let mut big = server.client().await;
+    let heavy = tokio::spawn(async move {
+        for i in 0..40 {
+            let answer = check_within(&mut big, &format!("tokens-{i}"), 1_000_000, None).await;
+            assert_eq!((answer.allowed, answer.fallback), (true, Fallback::None as i32), "{answer:?}");
+        }
+    });
+    let mut small = Vec::new();
+    for caller in 0..8 {
+        let mut client = server.client().await;
+        small.push(tokio::spawn(async move {
+            let mut fell_back = 0;
+            for i in 0..50 {
+                let answer = check_within(&mut client, &format!("small-{caller}-{i}"), 1, None).await;
+                fell_back += usize::from(answer.fallback != Fallback::None as i32);
+            }
+            fell_back
+        }));
+    }
+    heavy.await.unwrap();
+    let mut fell_back = 0;
+    for caller in small {
+        fell_back += caller.await.unwrap();
+    }
+    assert_eq!(fell_back, 0, "checks of other keys answered by the failure mode");
+}
