@@ -120,6 +120,7 @@ impl Lanes {
         group: bool,
         until: Instant,
     ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+        let started = Instant::now();
         let mut conn = self.connection(lane).await?;
         let deadline = self.clock.deadline_ms(until);
         let options =
@@ -142,7 +143,7 @@ impl Lanes {
                 Ok(replies)
             }
             // Run after its callers' deadline: nothing was counted, and they have been answered.
-            Err(e) if e.code() == Some("LATE") => Err(StoreError::Timeout(Duration::ZERO)),
+            Err(e) if e.code() == Some("LATE") => Err(StoreError::Timeout(until.saturating_duration_since(started))),
             Err(e) => Err(self.failed(e)),
         }
     }
