@@ -24,7 +24,9 @@
 --   c       is its cost, 1 <= c <= every window's limit
 --   mode    'consume' (count the request if it fits every window) or 'peek' (write nothing);
 --           or, for one request that names several keys, 'all' (count it only if every
---           check of the call fits) or 'ask' (it must fit too, and is never counted)
+--           check of the call fits) or 'ask' (it must fit too, and is never counted); or
+--           'owed <age>': a request a failure mode admitted <age> ms ago while Redis could not
+--           answer, now counted whether it fits or not (rule 4: see "Owed requests")
 --   L1 W1   limit and window (ms) of the longest window, 1 <= L < 2^22, 1 <= W < 2^38
 --   ...     up to 3 further windows, each shorter than the one before
 --          A batch's checks mostly have one policy and cost 1, so their strings are equal:
@@ -34,6 +36,7 @@
 --   allowed (1|0), decided_at_ms, newest_ms (the key's newest unit before this request, 0 if
 --   none), then for each of its n windows: spare (units free before this request),
 --   retry_after_ms (0 if the request fits that window),
+-- or, for an owed request, 1 once it is counted,
 -- or one string saying why it could not be decided (bad arguments, or a key that is not
 -- ours), which leaves that key unchanged and the other checks decided. A reader tells the
 -- two apart by the first value's type. A call with no keys, or not one argument per key,
@@ -69,6 +72,12 @@
 --   since (a denial moves it too, writing nothing else); a key past it holds nothing;
 -- * every entry held is within 2^(8T)/4 ms of the newest, so times decode exactly, and the
 --   units held are at most the largest limit, below 2^22, so counts do.
+--
+-- Owed requests: a failure mode's admission is counted at the time it was made on Redis's
+-- clock (now - age, the age measured before the call was sent, so never earlier than it was
+-- made), or at the key's newest entry if that is later, and only up to the largest limit held
+-- in the longest window (more than that denies no longer). One already outside the longest
+-- window is not counted.
 --
 -- Rolling deploys: the previous release kept a ring of 8-byte times under the name without
 -- ':2'. While it exists its units inside a window count as well, read when a request would
@@ -463,6 +472,26 @@ local function in_place(check, exists, now, first)
   return n - first < C or (K > 0 and newest == now)
 end
 
+-- Counts the owed request `check` in the key loaded by decide() (see "Owed requests" at the
+-- top), writing 1 into `out` at `at`; or returns why it could not, having written nothing.
+local function owe(name, exists, check, clock, at)
+  local longest = check.windows[1]
+  local now = max(clock - check.age, exists and newest or 0)
+  out[at] = 1
+  if now <= clock - longest then
+    return
+  end
+  local first = first_inside(longest, now)
+  local counted = {cost = min(check.cost, check.capacity - (total - before(first))), windows = check.windows,
+                   capacity = check.capacity}
+  if counted.cost <= 0 then
+    return
+  elseif EXISTING_ONLY and not in_place(counted, exists, now, first) then
+    return 'OOM ratelimitd: Redis is full (maxmemory) and key ' .. name .. ' has no room for an owed request; nothing was counted'
+  end
+  record(name, exists, counted, now, clock, first)
+end
+
 -- Decides `check` (a parsed argument, see parse() below) for `name`: the script's work for
 -- one check (see the top). Writes the decision's values into `out` from index `at` and
 -- returns nothing, or returns a string saying what is wrong with the key, having written
@@ -473,6 +502,9 @@ local function decide(name, check, clock, at, peek_only)
     return exists
   elseif not exists then
     n, total = 0, 0
+  end
+  if check.age then
+    return owe(name, exists, check, clock, at)
   end
   local longest = check.windows[1]
   local last = exists and newest or 0
@@ -518,7 +550,12 @@ end
 -- limit.
 local function parse(arg)
   local cost, mode, at = string.match(arg, '^(%d+) (%l+)()')
-  if not cost or (mode ~= 'consume' and mode ~= 'peek' and mode ~= 'all' and mode ~= 'ask') then
+  local age
+  if mode == 'owed' then
+    age, at = string.match(arg, '^ (%d+)()', at)
+    age = tonumber(age)
+  end
+  if not cost or (mode ~= 'consume' and mode ~= 'peek' and mode ~= 'all' and mode ~= 'ask' and not age) then
     return false
   end
   local limits, windows, count, capacity, smallest = {}, {}, 0, 0, MAX_LIMIT
@@ -541,7 +578,7 @@ local function parse(arg)
     return false
   end
   return {cost = cost, peek = mode == 'peek' or mode == 'ask', count = count, limits = limits, windows = windows,
-          capacity = capacity, group = mode == 'all' or mode == 'ask'}
+          capacity = capacity, group = mode == 'all' or mode == 'ask', age = age}
 end
 
 if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
@@ -593,7 +630,7 @@ local function decide_at(k, check, at, peek_only)
     out[at] = failure
     return failure, at + 1
   end
-  return nil, at + 3 + 2 * check.count
+  return nil, at + (check.age and 1 or 3 + 2 * check.count)
 end
 
 -- One all-or-nothing decision: every check peeked; the 'all' ones counted only if all fit.

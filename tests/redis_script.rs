@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::Backend;
-use common::script::{advance, check, decide, far_ahead, random_cost, random_policy};
+use common::script::{advance, check, decide, far_ahead, owe, random_cost, random_policy};
 use ratelimitd::domain::{Limits, Mode};
-use ratelimitd::store::redis::script::{CallOptions, Check};
+use ratelimitd::store::redis::script::{CallOptions, Check, Owed};
 
 /// A batch decides each check on its own: a key of another type, or a check with bad
 /// arguments, fails that check alone and changes nothing, and the checks around it
@@ -109,7 +109,8 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
 /// costs up to the limit, one to four windows, limits and windows changing from check to
 /// check (across the unit and counted entry formats and the 3, 4 and 5-byte times), idle
 /// spells past the windows, peeks, and batches of one to six checks with a key repeated
-/// (each check of a batch decided as if called alone, in order). Every field compared.
+/// (each check of a batch decided as if called alone, in order), and owed requests (a
+/// failure mode's admissions written back, of any age). Every field compared.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
     use rand::{Rng, SeedableRng};
@@ -121,7 +122,7 @@ async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
     let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
     let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let mut now = far_ahead();
-    let (mut compared, mut batches) = (0, 0);
+    let (mut compared, mut batches, mut owes) = (0, 0, 0);
     let rounds: [&[u32]; 3] = [&[3, 5, 8], &[4094, 4097, 4100], &[1_000, 250_000, 1_000_000]];
     for (round, limits) in rounds.into_iter().enumerate() {
         let names: Vec<String> = (0..4).map(|key| format!("oracle-{round}-{key}")).collect();
@@ -129,6 +130,31 @@ async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
         let mut histories = vec![History::default(); names.len()];
         for _ in 0..600 {
             now += advance(&mut rng);
+            if rng.random_range(0..8) == 0 {
+                // Requests a failure mode admitted, written back: some older than their window.
+                let mut owed = Vec::new();
+                for _ in 0..rng.random_range(1..=3) {
+                    let key = rng.random_range(0..names.len());
+                    let policy = random_policy(&mut rng, limits);
+                    let cost = random_cost(&mut rng, policy.max_cost());
+                    let age = rng.random_range(0..policy.longest_ms() + policy.longest_ms() / 4);
+                    oracles[key].owe(now, now - age, &policy, cost);
+                    histories[key].record_admitted(now, now - age, &policy, cost);
+                    owed.push((key, policy, cost, age));
+                }
+                let call: Vec<Owed<'_>> = owed
+                    .iter()
+                    .map(|(k, limits, cost, age_ms)| Owed {
+                        key: names[*k].as_bytes(),
+                        limits,
+                        cost: *cost,
+                        age_ms: *age_ms,
+                    })
+                    .collect();
+                owe(&script, &mut conn, &call, now).await;
+                owes += call.len();
+                continue;
+            }
             let mut checks = Vec::new();
             for _ in 0..rng.random_range(1..=6) {
                 let key = rng.random_range(0..names.len());
@@ -149,7 +175,10 @@ async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
             batches += 1;
         }
     }
-    println!("{compared} decisions in {batches} batches: Lua and the in-process history decide as the oracle");
+    println!(
+        "{compared} decisions in {batches} batches, {owes} owed requests written back: Lua and the in-process \
+         history decide as the oracle"
+    );
 }
 
 /// A caller's clock a day behind Redis's: keys expire relative to the call, so a key lives

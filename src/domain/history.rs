@@ -59,6 +59,25 @@ impl History {
         decision
     }
 
+    /// Counts `cost` units a failure mode admitted at `at_ms` (or at the newest entry, if
+    /// later) whether they fit or not, up to the largest limit in the longest window: as the
+    /// script's owed requests. One already outside the longest window at `now_ms` is not.
+    pub fn record_admitted(&mut self, now_ms: u64, at_ms: u64, limits: &Limits, cost: u32) {
+        if self.is_expired(now_ms) {
+            *self = Self::default();
+        }
+        let at = at_ms.max(self.entries.back().map_or(0, |e| e.0));
+        let longest = limits.longest_ms();
+        if at + longest <= now_ms {
+            return;
+        }
+        let held = self.total() - self.through(self.first_after(at.saturating_sub(longest)));
+        let counted = u64::from(cost).min(u64::from(limits.capacity()).saturating_sub(held));
+        if counted > 0 {
+            self.record(at, longest, counted as u32);
+        }
+    }
+
     /// The first entry newer than `cutoff`.
     fn first_after(&self, cutoff: u64) -> usize {
         self.entries.partition_point(|&(t, _)| t <= cutoff)

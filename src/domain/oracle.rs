@@ -98,6 +98,25 @@ impl Replay {
         decision
     }
 
+    /// Counts, at `now_ms`, a request a failure mode admitted at `at_ms` (rule 4's write-back):
+    /// at that time or the newest request's, if later; not at all if it has left the longest
+    /// window; and only up to the highest limit in that window.
+    pub fn owe(&mut self, now_ms: u64, at_ms: u64, limits: &super::Limits, cost: u32) {
+        if now_ms >= self.expires {
+            self.counted.clear();
+        }
+        let at = at_ms.max(self.counted.last().map_or(0, |&(t, _)| t));
+        let longest = limits.longest_ms();
+        if at + longest <= now_ms {
+            return;
+        }
+        let held: u64 = self.counted.iter().filter(|&&(t, _)| t + longest > at).map(|&(_, c)| u64::from(c)).sum();
+        let room = u64::from(limits.capacity()).saturating_sub(held);
+        if room > 0 {
+            self.count(at, limits, u64::from(cost).min(room) as u32);
+        }
+    }
+
     /// Counts a request of `cost` at `now_ms` (the key's clock) without deciding it: one
     /// that another party (an older release) allowed.
     pub fn count(&mut self, now_ms: u64, limits: &super::Limits, cost: u32) {

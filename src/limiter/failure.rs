@@ -11,7 +11,8 @@ const FALLBACK_RETRY_MS: u64 = 1_000;
 
 impl<S: Store> Limiter<S> {
     /// The answer of the policy's failure mode when the store failed. Not remembered
-    /// by the deny cache: only the store's answers prove anything for other replicas.
+    /// by the deny cache: only the store's answers prove anything for other replicas. A
+    /// request it admits is owed to the store, which counts it once it answers (`owed`).
     pub(super) async fn fall_back(
         &self,
         key: &Fingerprint,
@@ -35,6 +36,9 @@ impl<S: Store> Limiter<S> {
         };
         match failure {
             FailureMode::Open => {
+                if mode == Mode::Consume {
+                    self.owed.owe(key, limits, cost);
+                }
                 refusal.allowed = true;
                 refusal.remaining = window.limit();
                 refusal.retry_after_ms = 0;
@@ -58,6 +62,7 @@ impl<S: Store> Limiter<S> {
                 let decision = self.local.check(key, &divided, cost, mode).await.unwrap_or(refusal);
                 if decision.allowed && mode == Mode::Consume {
                     self.known.spend(key, cost);
+                    self.owed.owe(key, limits, cost);
                 }
                 decision
             }

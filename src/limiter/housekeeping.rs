@@ -1,6 +1,7 @@
 //! The limiter's own upkeep, in one task per limiter: drops history and cached
-//! denials that time has undone, and probes the store so that its health stays
-//! true while no checks arrive.
+//! denials that time has undone, writes the failure modes' admissions into the store
+//! once it answers, and probes the store so that its health stays true while no
+//! checks arrive.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use crate::store::Store;
 
 /// How often idle history (the in-process stores) and undone denials are dropped.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(1);
+/// How often requests the failure modes admitted are written into the store, once it answers.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often an idle replica checks that the store still answers.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -17,6 +20,7 @@ const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
     let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
     let mut sweep = tokio::time::interval(EVICTION_INTERVAL);
+    let mut settle = tokio::time::interval(SETTLE_INTERVAL);
     loop {
         tokio::select! {
             _ = probe.tick() => {
@@ -33,6 +37,10 @@ pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
                 limiter.local.evict_idle();
                 limiter.known.evict_expired(super::failure::local_now_ms());
                 tracing::trace!(evicted, "evicted idle keys");
+            }
+            _ = settle.tick() => {
+                let Some(limiter) = limiter.upgrade() else { return };
+                limiter.settle_some().await;
             }
         }
     }

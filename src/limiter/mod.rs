@@ -10,6 +10,7 @@ pub mod headers;
 pub mod housekeeping;
 mod known;
 pub mod multi;
+mod owed;
 
 use breaker::{Breaker, BreakerState};
 pub use deny_cache::DenyCache;
@@ -97,11 +98,16 @@ pub struct Limiter<S> {
     failures_logged: LogEvery,
     /// What the store last said of each key, where the `local` failure mode applies.
     known: known::Known,
+    /// Requests the failure modes admitted, until the store has counted them.
+    owed: owed::Owed,
 }
 
 impl<S: Store> Limiter<S> {
     pub fn new(store: S, policies: SharedPolicies, fingerprinter: Fingerprinter, throttled: Arc<Throttled>) -> Self {
         metrics::store_up(true);
+        metrics::owed(0);
+        metrics::owed_done(true, 0);
+        metrics::owed_done(false, 0);
         Self {
             store,
             policies,
@@ -114,6 +120,7 @@ impl<S: Store> Limiter<S> {
             expected_replicas: 1,
             failures_logged: LogEvery::default(),
             known: known::Known::default(),
+            owed: owed::Owed::default(),
         }
     }
 
@@ -176,7 +183,10 @@ impl<S: Store> Limiter<S> {
                 metrics::deny_cache_hit();
                 Ok(cached)
             }
-            None => self.ask_store(&key, &limits, cost, mode).await,
+            None => {
+                self.settle([&key]).await;
+                self.ask_store(&key, &limits, cost, mode).await
+            }
         };
         let failure = checked.resolved.policy.failure;
         if let (Ok(decision), Mode::Consume, FailureMode::Local) = (&result, mode, failure) {

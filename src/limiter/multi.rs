@@ -78,6 +78,7 @@ impl<S: Store> Limiter<S> {
             .iter()
             .map(|(c, mode)| KeyCheck { key: &c.key, limits: &c.resolved.policy.limits, cost: c.cost, mode: *mode })
             .collect();
+        self.settle(checks.iter().map(|c| c.key)).await;
         let answers: Vec<Answer> = match self.call_store(self.store.check_all(&checks)).await {
             Ok(decisions) => {
                 if let Some(cache) = &self.deny_cache {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::domain::{MAX_KEY_ID_BYTES, WindowCheck};
-use crate::store::MemoryStore;
+use crate::store::{Admitted, MemoryStore};
 
 fn limiter(limit: u32) -> Limiter<MemoryStore> {
     let policy = Policy::default_with(limit, Duration::from_secs(60)).unwrap();
@@ -57,6 +57,10 @@ impl Store for Flaky {
         }
         let full = [WindowCheck { spare: 0, retry_after_ms: 60_000 }];
         Ok(Decision::assemble(limits, c, 1_000, 1_000, &full))
+    }
+
+    async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        Ok(vec![Ok(()); admitted.len()])
     }
 }
 
@@ -124,6 +128,10 @@ impl Store for Leaves {
         };
         Ok(Decision::assemble(limits, c, 1_000, 1_000, &[window]))
     }
+
+    async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        Ok(vec![Ok(()); admitted.len()])
+    }
 }
 
 /// The local failure mode continues from what the store last said, not from an empty
@@ -152,4 +160,71 @@ async fn local_mode_after(remaining: u32) -> Vec<bool> {
 async fn the_local_mode_continues_from_what_the_store_last_said() {
     assert_eq!(local_mode_after(4).await, [true, true, false, false, false, false], "a share of 4 / 2");
     assert_eq!(local_mode_after(0).await, [false; 6], "denied until the store's time");
+}
+
+/// The in-process store, failing every call while `down`.
+#[derive(Default)]
+struct Switched {
+    store: MemoryStore,
+    down: AtomicBool,
+}
+
+impl Switched {
+    fn up(&self) -> Result<(), StoreError> {
+        match self.down.load(Ordering::Relaxed) {
+            true => Err(StoreError::Unavailable("down for the test".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Store for Switched {
+    async fn check(&self, key: &Fingerprint, limits: &Limits, c: u32, mode: Mode) -> Result<Decision, StoreError> {
+        self.up()?;
+        self.store.check(key, limits, c, mode).await
+    }
+
+    async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.up()?;
+        self.store.record_admitted(admitted).await
+    }
+}
+
+/// Rule 4: what the failure modes admitted while the store was down is counted by the store
+/// once it answers, before it decides the key again; denials are never counted.
+#[tokio::test]
+async fn the_failure_modes_admissions_are_counted_once_the_store_answers() {
+    for (failure, admitted) in [(FailureMode::Local, 6), (FailureMode::Open, 9), (FailureMode::Closed, 0)] {
+        let mut policy = Policy::default_with(10, Duration::from_secs(60)).unwrap();
+        policy.failure = failure;
+        let base = limiter(10);
+        base.policies.replace(Policies::uniform(policy));
+        let limiter =
+            Limiter::new(Switched::default(), base.policies.clone(), base.fingerprinter.clone(), base.throttled);
+        for _ in 0..4 {
+            assert!(limiter.check_and_consume("k", 1).await.unwrap().decision.allowed);
+        }
+        limiter.store().down.store(true, Ordering::Relaxed);
+        let mut allowed = 0;
+        for _ in 0..9 {
+            let verdict = limiter.check_and_consume("k", 1).await.unwrap();
+            assert_eq!(verdict.fallback, Some(failure));
+            allowed += usize::from(verdict.decision.allowed);
+        }
+        assert_eq!(allowed, admitted, "{failure:?} while the store is down");
+        limiter.store().down.store(false, Ordering::Relaxed);
+        // The circuit breaker opened: its trial call comes after the cool-down.
+        tokio::time::sleep(breaker::COOL_DOWN + Duration::from_millis(50)).await;
+        let mut after = 0;
+        loop {
+            let verdict = limiter.check_and_consume("k", 1).await.unwrap();
+            assert_eq!(verdict.fallback, None, "{failure:?}: the store answers again");
+            if !verdict.decision.allowed {
+                break;
+            }
+            after += 1;
+        }
+        assert_eq!(after, 6usize.saturating_sub(admitted), "{failure:?}: the store counts what was admitted");
+        assert!(!limiter.owed.any(), "nothing left owed");
+    }
 }

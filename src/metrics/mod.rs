@@ -29,6 +29,8 @@ pub const STORE_UP: &str = "ratelimitd_store_up";
 pub const DENY_CACHE_HITS: &str = "ratelimitd_deny_cache_hits_total";
 pub const FALLBACKS: &str = "ratelimitd_fallback_decisions_total";
 pub const BREAKER_OPEN: &str = "ratelimitd_circuit_breaker_open";
+pub const OWED: &str = "ratelimitd_fallback_admissions_unrecorded";
+pub const OWED_DONE: &str = "ratelimitd_fallback_admissions_total";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
 pub const CONFIG_LAST_SUCCESS: &str = "ratelimitd_config_last_load_success_timestamp_seconds";
 pub const CONFIG_VALID: &str = "ratelimitd_config_valid";
@@ -50,6 +52,8 @@ pub const ALL: &[&str] = &[
     STORE_UP,
     DENY_CACHE_HITS,
     FALLBACKS,
+    OWED,
+    OWED_DONE,
     BREAKER_OPEN,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
@@ -128,6 +132,15 @@ fn describe() {
         FALLBACKS,
         "Checks answered by the policy's failure mode (open, closed, local) because the store failed, by mode and call (check, peek)."
     );
+    describe_gauge!(
+        OWED,
+        "Requests a failure mode admitted that are not yet written into the store's history (rule 4)."
+    );
+    describe_counter!(
+        OWED_DONE,
+        "Requests a failure mode admitted, by outcome: recorded (written into the store's history once it \
+         answered again) or lost (too many held, or the store refused them for good)."
+    );
     describe_gauge!(BREAKER_OPEN, "1 while the circuit breaker keeps calls away from a failing store, else 0.");
     describe_counter!(
         ENVOY_REFUSALS,
@@ -175,6 +188,17 @@ pub fn deny_cache_hit() {
 pub fn fallback(mode: FailureMode, consume: bool) {
     let call = if consume { "check" } else { "peek" };
     counter!(FALLBACKS, "mode" => mode.as_str(), "call" => call).increment(1);
+}
+
+/// `pending` failure-mode admissions wait to be written into the store.
+pub fn owed(pending: usize) {
+    gauge!(OWED).set(pending as f64);
+}
+
+/// `count` failure-mode admissions written into the store (`recorded`) or given up on.
+pub fn owed_done(recorded: bool, count: usize) {
+    let outcome = if recorded { "recorded" } else { "lost" };
+    counter!(OWED_DONE, "outcome" => outcome).increment(count as u64);
 }
 
 pub fn breaker_open(open: bool) {

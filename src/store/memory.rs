@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{KeyCheck, Store, StoreError};
+use super::{Admitted, KeyCheck, Store, StoreError};
 use crate::domain::{Decision, Fingerprint, History, Limits, Mode};
 use crate::sync::lock;
 
@@ -73,6 +73,15 @@ impl Store for MemoryStore {
             }
         }
         Ok(decisions)
+    }
+
+    async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let now = now_ms();
+        for a in admitted {
+            let at = now.saturating_sub(a.age.as_millis() as u64);
+            lock(self.shard(&a.key)).entry(a.key).or_default().record_admitted(now, at, &a.limits, a.cost);
+        }
+        Ok(vec![Ok(()); admitted.len()])
     }
 
     /// Drops every key whose history has left its window, so memory stays bounded

@@ -38,6 +38,16 @@ pub trait Store: Send + Sync + 'static {
         peek_then_count(self, checks)
     }
 
+    /// Counts requests a failure mode admitted while the store could not answer, so that its
+    /// history is whole again (rule 4): each at the time it was admitted, or its key's newest
+    /// entry if that is later, whether it fits or not, up to the largest limit (more would
+    /// deny no longer). One already outside its longest window is not counted. Returns, for
+    /// each, whether it was counted or why not.
+    fn record_admitted(
+        &self,
+        admitted: &[Admitted],
+    ) -> impl Future<Output = Result<Vec<Result<(), StoreError>>, StoreError>> + Send;
+
     /// Where the store is, for log lines: `host:port`s, never a secret.
     fn endpoint(&self) -> String {
         "in-process".into()
@@ -82,6 +92,15 @@ pub struct KeyCheck<'a> {
     pub limits: &'a Limits,
     pub cost: u32,
     pub mode: Mode,
+}
+
+/// A request a failure mode admitted `age` ago ([`Store::record_admitted`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted {
+    pub key: Fingerprint,
+    pub limits: Limits,
+    pub cost: u32,
+    pub age: Duration,
 }
 
 /// A store failure. Transient ones (the store is unreachable or slow) may succeed

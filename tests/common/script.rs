@@ -69,3 +69,17 @@ pub async fn decide(
         .map(|(c, reply)| decode(c.limits, c.cost, &reply.expect("a decision")).expect("a well-formed reply"))
         .collect()
 }
+
+/// Counts `owed` requests in one script call at `now` (caller's clock); each must be counted.
+pub async fn owe(
+    script: &redis::Script,
+    conn: &mut redis::aio::MultiplexedConnection,
+    owed: &[ratelimitd::store::redis::script::Owed<'_>],
+    now: u64,
+) {
+    use ratelimitd::store::redis::script::{owed_invocation, owed_replies};
+    let values = owed_invocation(script, owed, CallOptions::at(now)).invoke_async(conn).await.expect("the script runs");
+    for reply in owed_replies(owed.len(), values).expect("one reply per owed request") {
+        reply.expect("counted");
+    }
+}

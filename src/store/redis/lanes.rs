@@ -9,12 +9,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
 use tokio::sync::RwLock;
 
 use super::clock::RedisClock;
 use super::connect::{Conn, Pooled, Pools};
-use super::script::{CallOptions, Check, Reply, group_invocation, invocation, replies_of};
+use super::script::{
+    CallOptions, Check, Owed, Reply, group_invocation, invocation, owed_invocation, owed_replies, replies_of,
+};
 use crate::store::StoreError;
 use crate::sync::CallerDeadline;
 
@@ -120,45 +122,72 @@ impl Lanes {
         group: bool,
         until: Instant,
     ) -> Result<Vec<Result<Reply, StoreError>>, StoreError> {
+        let call = |full, options| {
+            let script = self.script_for(full);
+            let invocation =
+                if group { group_invocation(script, checks, options) } else { invocation(script, checks, options) };
+            self.send(lane, invocation)
+        };
+        let replies = replies_of(checks, self.call(until, call).await?)?;
+        let earliest = replies.iter().filter_map(|r| r.as_ref().ok()?.values().get(1).copied()).min();
+        if let Some(decided_at) = earliest {
+            self.clock.observe(decided_at);
+        }
+        Ok(replies)
+    }
+
+    /// One script call counting `owed` requests (see [`Owed`]): for each, counted or why not.
+    pub(super) async fn owe(
+        &self,
+        lane: usize,
+        owed: &[Owed<'_>],
+        until: Instant,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let call = |full, options| {
+            let script = self.script_for(full);
+            let invocation = owed_invocation(script, owed, options);
+            self.send(lane, invocation)
+        };
+        owed_replies(owed.len(), self.call(until, call).await?)
+    }
+
+    async fn send(&self, lane: usize, invocation: ScriptInvocation<'_>) -> Result<Vec<Value>, Failure> {
+        Ok(invocation.invoke_async::<Vec<Value>>(&mut self.connection(lane).await?).await?)
+    }
+
+    /// The script, or (`full`) its allow-oom copy.
+    fn script_for(&self, full: bool) -> &Script {
+        if full { &self.full_script } else { &self.script }
+    }
+
+    /// Makes one script call by `call(full, options)` (`full`: with the allow-oom script), by
+    /// `until` on Redis's clock; again with the allow-oom script if Redis is full.
+    async fn call<F, C>(&self, until: Instant, call: C) -> Result<Vec<Value>, StoreError>
+    where
+        C: Fn(bool, CallOptions) -> F,
+        F: Future<Output = Result<Vec<Value>, Failure>>,
+    {
         let started = Instant::now();
-        let mut conn = self.connection(lane).await?;
         let deadline = self.clock.deadline_ms(until);
         let options =
             CallOptions { clock: None, previous_layout: self.previous_layout, deadline, existing_only: false };
-        let mut result = self.invoke(&mut conn, &self.script, checks, group, options).await;
-        if matches!(&result, Err(e) if e.code() == Some("OOM")) {
+        let mut result = call(false, options).await;
+        if matches!(&result, Err(Failure::Redis(e)) if e.code() == Some("OOM")) {
             // Redis is full and refused the call's first write (so nothing was written):
             // again, counting only where keys have room. Existing keys stay exact; a
             // request that needs room fails alone, answered by its failure mode.
             let options = CallOptions { existing_only: true, ..options };
-            result = self.invoke(&mut conn, &self.full_script, checks, group, options).await;
+            result = call(true, options).await;
         }
         match result {
-            Ok(replies) => {
-                let replies = replies_of(checks, replies)?;
-                let earliest = replies.iter().filter_map(|r| r.as_ref().ok()?.values().get(1).copied()).min();
-                if let Some(decided_at) = earliest {
-                    self.clock.observe(decided_at);
-                }
-                Ok(replies)
-            }
+            Ok(values) => Ok(values),
             // Run after its callers' deadline: nothing was counted, and they have been answered.
-            Err(e) if e.code() == Some("LATE") => Err(StoreError::Timeout(until.saturating_duration_since(started))),
-            Err(e) => Err(self.failed(e)),
+            Err(Failure::Redis(e)) if e.code() == Some("LATE") => {
+                Err(StoreError::Timeout(until.saturating_duration_since(started)))
+            }
+            Err(Failure::Redis(e)) => Err(self.failed(e)),
+            Err(Failure::Store(e)) => Err(e),
         }
-    }
-
-    async fn invoke(
-        &self,
-        conn: &mut Conn,
-        script: &Script,
-        checks: &[Check<'_>],
-        group: bool,
-        options: CallOptions,
-    ) -> Result<Vec<Value>, RedisError> {
-        let invocation =
-            if group { group_invocation(script, checks, options) } else { invocation(script, checks, options) };
-        invocation.invoke_async::<Vec<Value>>(conn).await
     }
 
     /// Bounds a call by `until`. A call that hangs may be on a dead connection (a hung or
@@ -260,4 +289,22 @@ fn classify(e: RedisError) -> StoreError {
             )
         );
     if transient { StoreError::Unavailable(e.to_string()) } else { StoreError::Rejected(e.to_string()) }
+}
+
+/// Why a script call failed: Redis said so, or no connection could be had.
+enum Failure {
+    Redis(RedisError),
+    Store(StoreError),
+}
+
+impl From<RedisError> for Failure {
+    fn from(e: RedisError) -> Self {
+        Self::Redis(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
 }

@@ -25,13 +25,15 @@ use self::batch::Batches;
 use self::connect::Pools;
 use self::lanes::Lanes;
 pub use self::options::{RedisEndpoint, RedisOptions, RedisTls};
-use self::script::{Check, Reply, decode};
-use super::{KeyCheck, Store, StoreError, peek_then_count};
+use self::script::{Check, Owed, Reply, decode};
+use super::{Admitted, KeyCheck, Store, StoreError, peek_then_count};
 use crate::domain::{Decision, Fingerprint, Limits, Mode};
 use crate::metrics;
 
 /// The least time connecting to Redis may take (TCP, TLS handshake, AUTH).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Owed requests counted per script call ([`Store::record_admitted`]).
+const OWED_PER_CALL: usize = 64;
 
 pub struct RedisStore {
     batches: Arc<Batches>,
@@ -180,6 +182,26 @@ impl Store for RedisStore {
     /// counted (the trait's default): a concurrent request can come between the two.
     async fn check_all(&self, checks: &[KeyCheck<'_>]) -> Result<Vec<Decision>, StoreError> {
         if self.cluster { peek_then_count(self, checks).await } else { self.group(checks).await }
+    }
+
+    /// In calls of up to [`OWED_PER_CALL`] requests (one on Redis Cluster: a call's keys
+    /// would have to share a slot), each by the callers' deadline.
+    async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let lanes = &self.batches.lanes;
+        let per_call = if self.cluster { 1 } else { OWED_PER_CALL };
+        let mut counted = Vec::with_capacity(admitted.len());
+        for part in admitted.chunks(per_call) {
+            let names: Vec<Vec<u8>> = part.iter().map(|a| self.key_name(&a.key)).collect();
+            let owed: Vec<Owed<'_>> = part
+                .iter()
+                .zip(&names)
+                .map(|(a, name)| Owed { key: name, limits: &a.limits, cost: a.cost, age_ms: a.age.as_millis() as u64 })
+                .collect();
+            let lane = lanes.check_lane();
+            let until = lanes.wait_until(Instant::now());
+            counted.extend(lanes.bounded(lane, until, lanes.owe(lane, &owed, until)).await?);
+        }
+        Ok(counted)
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

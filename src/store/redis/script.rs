@@ -34,6 +34,16 @@ pub struct Check<'a> {
     pub mode: Mode,
 }
 
+/// A request a failure mode admitted `age_ms` ago, while Redis could not answer: the script
+/// counts it, fitting or not (rule 4; see the script's "Owed requests").
+#[derive(Debug, Clone, Copy)]
+pub struct Owed<'a> {
+    pub key: &'a [u8],
+    pub limits: &'a Limits,
+    pub cost: u32,
+    pub age_ms: u64,
+}
+
 /// One check's decision as the script replied it: allowed, decided_at_ms, newest_ms,
 /// then spare and retry_after_ms for each window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +135,32 @@ fn invoke<'s>(
         invocation.key(check.key).arg(arg.as_slice());
     }
     invocation
+}
+
+/// The script call counting `owed`, in order.
+pub fn owed_invocation<'s>(script: &'s Script, owed: &[Owed<'_>], options: CallOptions) -> ScriptInvocation<'s> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(options.arg());
+    let mut arg = Vec::with_capacity(64);
+    for request in owed {
+        write_check_arg(&mut arg, request.limits, request.cost, &format!("owed {}", request.age_ms));
+        invocation.key(request.key).arg(arg.as_slice());
+    }
+    invocation
+}
+
+/// Splits the reply of a call of `owed` requests: for each, counted or why not.
+pub fn owed_replies(owed: usize, values: Vec<Value>) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    if values.len() != owed {
+        return Err(malformed(format!("{} values for {owed} owed requests", values.len())));
+    }
+    let reply = |value| match value {
+        Value::Int(1) => Ok(Ok(())),
+        Value::BulkString(words) => Ok(Err(StoreError::Failed(String::from_utf8_lossy(&words).into_owned()))),
+        Value::SimpleString(words) => Ok(Err(StoreError::Failed(words))),
+        other => Err(malformed(format!("{other:?} for an owed request"))),
+    };
+    values.into_iter().map(reply).collect()
 }
 
 /// Makes `arg` a check's one script argument: `<cost> <mode> <L1> <W1> ...`, longest
