@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 
 use crate::config::commands::summary;
 use crate::config::{Config, StoreConfig, reload};
-use crate::domain::FailureMode;
 use crate::limiter::{Limiter, housekeeping};
 use crate::metrics::{self, MetricsError, Throttled};
 use crate::server::drain::{Drain, FinishOnDrop, Task};
@@ -66,7 +65,7 @@ pub async fn run(
             serve(limiter, listeners.grpc, listeners.http, &config, &drain).await
         }
         StoreConfig::Redis(options) => {
-            let mut limiter = limiter(redis_store(options.clone(), &config).await?, &config, throttled);
+            let mut limiter = limiter(redis_store(options.clone()).await?, &config, throttled);
             if config.deny_cache {
                 limiter = limiter.with_deny_cache();
             }
@@ -121,19 +120,13 @@ fn limiter<S: Store>(store: S, config: &Config, throttled: Arc<Throttled>) -> Li
 }
 
 /// The Redis store, with its script loaded if Redis answers already.
-async fn redis_store(options: crate::store::redis::RedisOptions, config: &Config) -> Result<RedisStore, AppError> {
+async fn redis_store(options: crate::store::redis::RedisOptions) -> Result<RedisStore, AppError> {
     let (key_prefix, mode, endpoint) =
         (options.key_prefix.clone(), options.endpoint.mode(), options.endpoint.addresses());
     let store = RedisStore::new(options)?;
     match store.prepare().await {
         Ok(()) => tracing::info!(%key_prefix, mode, "Redis store ready; limits are shared"),
         Err(e) => tracing::error!(%endpoint, error = %e, "Redis not reachable yet; failure modes answer until it is"),
-    }
-    if config.expected_replicas == 1 && config.policies.current().default.failure == FailureMode::Local {
-        tracing::warn!(
-            "failure mode local with --expected-replicas 1: while Redis is down each replica admits a whole \
-             limit; set it to the number of replicas sharing this Redis"
-        );
     }
     Ok(store)
 }

@@ -129,8 +129,9 @@ pub struct Cli {
     #[arg(long, help_heading = "Limits and failure modes", env = "RATELIMITD_FAILURE_MODE", value_enum, default_value_t = FailureModeArg::Local)]
     pub failure_mode: FailureModeArg,
 
-    /// How many ratelimitd replicas share the Redis: the local failure mode admits each
-    /// window's limit divided by this on each replica (at least 1).
+    /// The least number of replicas the local failure mode divides each window's limit
+    /// among. Replicas sharing a Redis count themselves there (ratelimitd_replicas), and the
+    /// larger of the two is used.
     #[arg(long, help_heading = "Limits and failure modes", env = "RATELIMITD_EXPECTED_REPLICAS", default_value_t = 1,
           value_parser = value_parser!(u32).range(1..=10_000))]
     pub expected_replicas: u32,

@@ -47,7 +47,7 @@ impl<S: Store> Limiter<S> {
             FailureMode::Closed => refusal,
             FailureMode::Local => {
                 // A limit below the replica count leaves no share: nothing can be admitted.
-                let Some(divided) = limits.divided(self.expected_replicas) else { return refusal };
+                let Some(divided) = limits.divided(self.replicas()) else { return refusal };
                 if cost > divided.max_cost() {
                     refusal.limit = divided.max_cost();
                     return refusal;

@@ -1,6 +1,6 @@
 //! The limiter's own upkeep, in one task per limiter: drops history and cached
 //! denials that time has undone, writes the failure modes' admissions into the store
-//! once it answers, and probes the store so that its health stays true while no
+//! once it answers, counts the replicas sharing the store, and probes the store so that its health stays true while no
 //! checks arrive.
 
 use std::sync::Weak;
@@ -21,6 +21,7 @@ pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
     let mut probe = tokio::time::interval(STORE_PROBE_INTERVAL);
     let mut sweep = tokio::time::interval(EVICTION_INTERVAL);
     let mut settle = tokio::time::interval(SETTLE_INTERVAL);
+    let mut presence = tokio::time::interval(super::presence::INTERVAL);
     loop {
         tokio::select! {
             _ = probe.tick() => {
@@ -37,6 +38,10 @@ pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
                 limiter.local.evict_idle();
                 limiter.known.evict_expired(super::failure::local_now_ms());
                 tracing::trace!(evicted, "evicted idle keys");
+            }
+            _ = presence.tick() => {
+                let Some(limiter) = limiter.upgrade() else { return };
+                limiter.count_replicas().await;
             }
             _ = settle.tick() => {
                 let Some(limiter) = limiter.upgrade() else { return };

@@ -11,6 +11,7 @@ pub mod housekeeping;
 mod known;
 pub mod multi;
 mod owed;
+mod presence;
 
 use breaker::{Breaker, BreakerState};
 pub use deny_cache::DenyCache;
@@ -93,7 +94,7 @@ pub struct Limiter<S> {
     /// The exact in-process store of the `local` failure mode.
     local: MemoryStore,
     /// How many replicas share the limits: `local` admits limit / this.
-    expected_replicas: u32,
+    presence: presence::Presence,
     /// Paces the log lines of store failures that are not transient.
     failures_logged: LogEvery,
     /// What the store last said of each key, where the `local` failure mode applies.
@@ -117,17 +118,18 @@ impl<S: Store> Limiter<S> {
             store_up: AtomicBool::new(true),
             breaker: Breaker::default(),
             local: MemoryStore::new(),
-            expected_replicas: 1,
+            presence: presence::Presence::default(),
             failures_logged: LogEvery::default(),
             known: known::Known::default(),
             owed: owed::Owed::default(),
         }
     }
 
-    /// How many replicas share the store: the `local` failure mode admits each
-    /// window's limit divided by this on each replica.
-    pub fn with_expected_replicas(mut self, replicas: u32) -> Self {
-        self.expected_replicas = replicas.max(1);
+    /// The least number of replicas the `local` failure mode divides each window's limit
+    /// among (`--expected-replicas`); the replicas sharing a Redis also count themselves
+    /// there, and the larger number is used ([`Limiter::replicas`]).
+    pub fn with_expected_replicas(self, replicas: u32) -> Self {
+        self.presence.set_floor(replicas);
         self
     }
 
@@ -190,7 +192,7 @@ impl<S: Store> Limiter<S> {
         };
         let failure = checked.resolved.policy.failure;
         if let (Ok(decision), Mode::Consume, FailureMode::Local) = (&result, mode, failure) {
-            self.known.learn(&key, &limits, decision, self.expected_replicas, failure::local_now_ms());
+            self.known.learn(&key, &limits, decision, self.replicas(), failure::local_now_ms());
         }
         let answer = match result {
             Err(CheckError::Store(error)) => {

@@ -29,6 +29,7 @@ pub const STORE_UP: &str = "ratelimitd_store_up";
 pub const DENY_CACHE_HITS: &str = "ratelimitd_deny_cache_hits_total";
 pub const FALLBACKS: &str = "ratelimitd_fallback_decisions_total";
 pub const BREAKER_OPEN: &str = "ratelimitd_circuit_breaker_open";
+pub const REPLICAS: &str = "ratelimitd_replicas";
 pub const OWED: &str = "ratelimitd_fallback_admissions_unrecorded";
 pub const OWED_DONE: &str = "ratelimitd_fallback_admissions_total";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
@@ -54,6 +55,7 @@ pub const ALL: &[&str] = &[
     FALLBACKS,
     OWED,
     OWED_DONE,
+    REPLICAS,
     BREAKER_OPEN,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
@@ -133,6 +135,11 @@ fn describe() {
         "Checks answered by the policy's failure mode (open, closed, local) because the store failed, by mode and call (check, peek)."
     );
     describe_gauge!(
+        REPLICAS,
+        "Replicas the local failure mode divides each limit among: the larger of those sharing the store \
+         (each counted there every second) and --expected-replicas."
+    );
+    describe_gauge!(
         OWED,
         "Requests a failure mode admitted that are not yet written into the store's history (rule 4)."
     );
@@ -188,6 +195,11 @@ pub fn deny_cache_hit() {
 pub fn fallback(mode: FailureMode, consume: bool) {
     let call = if consume { "check" } else { "peek" };
     counter!(FALLBACKS, "mode" => mode.as_str(), "call" => call).increment(1);
+}
+
+/// The local failure mode divides each limit among `replicas`.
+pub fn replicas(replicas: u32) {
+    gauge!(REPLICAS).set(f64::from(replicas));
 }
 
 /// `pending` failure-mode admissions wait to be written into the store.

@@ -48,6 +48,14 @@ pub trait Store: Send + Sync + 'static {
         admitted: &[Admitted],
     ) -> impl Future<Output = Result<Vec<Result<(), StoreError>>, StoreError>> + Send;
 
+    /// Tells the store that the replica `replica` (its id) is there, and returns how many
+    /// replicas share it, each counted until `ttl` after it last said so; `None` for a store
+    /// no other process shares (in process).
+    fn presence(&self, replica: &str, ttl: Duration) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send {
+        let _ = (replica, ttl);
+        async { Ok(None) }
+    }
+
     /// Where the store is, for log lines: `host:port`s, never a secret.
     fn endpoint(&self) -> String {
         "in-process".into()

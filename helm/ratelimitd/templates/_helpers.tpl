@@ -46,11 +46,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-How many replicas share Redis, for the local failure mode: the most there can be.
+The least number of replicas sharing Redis, for the local failure mode (the replicas also
+count themselves in Redis, and the larger number is used).
 */}}
 {{- define "ratelimitd.expectedReplicas" -}}
 {{- if .Values.autoscaling.enabled }}
-{{- .Values.autoscaling.maxReplicas | int64 }}
+{{- .Values.autoscaling.minReplicas | int64 }}
 {{- else }}
 {{- .Values.replicaCount | int64 }}
 {{- end }}

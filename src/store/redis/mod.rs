@@ -42,6 +42,8 @@ pub struct RedisStore {
     cluster: bool,
     /// `host:port`s, for log lines.
     addresses: String,
+    /// `lua/presence.lua`: how many replicas share this Redis.
+    presence: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -68,7 +70,8 @@ impl RedisStore {
         let batch = if cluster { 1 } else { options.batch };
         let batches = Arc::new(Batches::new(lanes, connections, batch));
         let addresses = options.endpoint.addresses();
-        Ok(Self { batches, key_prefix: options.key_prefix, cluster, addresses })
+        let presence = redis::Script::new(script::PRESENCE_SOURCE);
+        Ok(Self { batches, key_prefix: options.key_prefix, cluster, addresses, presence })
     }
 
     /// Makes this thread's checks use one connection, `worker` mod `connections`. A
@@ -202,6 +205,20 @@ impl Store for RedisStore {
             counted.extend(lanes.bounded(lane, until, lanes.owe(lane, &owed, until)).await?);
         }
         Ok(counted)
+    }
+
+    /// `lua/presence.lua` on the control lane, by `--redis-timeout`.
+    async fn presence(&self, replica: &str, ttl: Duration) -> Result<Option<u32>, StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.control_lane();
+        let name = format!("{}replicas", self.key_prefix);
+        let call = async {
+            let mut conn = lanes.connection(lane).await?;
+            let mut invocation = self.presence.key(&name);
+            invocation.arg(replica).arg(ttl.as_millis() as u64);
+            invocation.invoke_async::<u32>(&mut conn).await.map(Some).map_err(|e| lanes.failed(e))
+        };
+        lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
