@@ -136,6 +136,7 @@ fn templates_are_well_formed() {
         "pdb.yaml",
         "hpa.yaml",
         "servicemonitor.yaml",
+        "prometheusrule.yaml",
         "networkpolicy.yaml",
         "dashboard-configmap.yaml",
         "serviceaccount.yaml",

@@ -4,11 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::process::{Process, http_get};
-use common::{Redis, check, free_port, try_check};
+use common::process::Process;
+use common::prometheus::{Prometheus, tool};
+use common::{Redis, check, try_check};
 use ratelimitd::domain::Fingerprinter;
 
 const SECRET: &str = "metrics-test-secret";
@@ -20,15 +21,6 @@ fn fingerprint(key_id: &str) -> String {
 /// The value of the series whose line starts with `series` (name and labels).
 fn value(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
-fn tool(name: &str) -> Command {
-    let found = Command::new("sh").args(["-c", &format!("command -v {name}")]).output();
-    assert!(
-        found.is_ok_and(|o| o.status.success()),
-        "{name} not found: scripts/test installs it (Debian's prometheus package)"
-    );
-    Command::new(name)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -111,53 +103,10 @@ async fn ten_thousand_throttled_keys_keep_the_series_at_top_k() {
     assert!(value(&text, "ratelimitd_keys_near_limit").is_some_and(|v| (v - KEYS as f64).abs() < 500.0));
 }
 
-/// Starts `prometheus` on loopback, scraping `target` every second; killed on drop.
-struct Prometheus {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        let yaml = format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ratelimitd\n    static_configs:\n      - targets: ['{target}']\n"
-        );
-        std::fs::write(&config, yaml).unwrap();
-        let port = free_port();
-        let child = tool("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus");
-        Self { child, port, _dir: dir }
-    }
-
-    /// The `key` label of the result of an instant query, if any.
-    fn top_key(&self, query: &str) -> Option<String> {
-        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let body = std::panic::catch_unwind(|| http_get(addr, &format!("/api/v1/query?query={query}"))).ok()?;
-        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-        json["data"]["result"][0]["metric"]["key"].as_str().map(str::to_owned)
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_prometheus_finds_the_most_throttled_key() {
     let server = Process::start(&["--limit", "5", "--fingerprint-secret", SECRET]);
-    let prometheus = Prometheus::start(server.metrics);
+    let prometheus = Prometheus::start(server.metrics, None);
     let mut client = server.client().await;
     for (key, calls) in [("partner-hot", 100), ("partner-warm", 30)] {
         for _ in 0..calls {
@@ -173,8 +122,9 @@ async fn a_real_prometheus_finds_the_most_throttled_key() {
     let query = "topk%281%2Cratelimitd_throttled_key_denials%29";
     let started = Instant::now();
     let top = loop {
-        if let Some(key) = prometheus.top_key(query) {
-            break key;
+        let top = prometheus.query(&format!("/api/v1/query?query={query}"));
+        if let Some(key) = top.as_ref().and_then(|json| json["data"]["result"][0]["metric"]["key"].as_str()) {
+            break key.to_owned();
         }
         assert!(started.elapsed() < Duration::from_secs(60), "Prometheus never returned the throttled keys");
         tokio::time::sleep(Duration::from_millis(500)).await;

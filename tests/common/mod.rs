@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod script;
 
 use std::collections::HashMap;
