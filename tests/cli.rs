@@ -177,3 +177,44 @@ async fn serves_in_process_logs_no_key_and_exits_0_on_sigterm() {
     assert!(!logs.contains("SECRET_4f1c9a"), "the API key reached the logs");
     assert!(!logs.contains("xxxxxxxxxx"), "a rejected key reached the logs");
 }
+
+/// `ratelimitd probe`, as the chart's `helm test` hook runs it: exit 0 and SERVING from a
+/// server that serves, 1 and NOT_SERVING from one whose Redis cannot be reached, 1 and one
+/// line from an address where nothing listens.
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_asks_a_running_server_whether_it_serves() {
+    let probe = |target: String| {
+        let out = ratelimitd(&["probe", &target], &[]).output().expect("run ratelimitd probe");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let serving = Process::start(&[]);
+    serving.client().await;
+    let (code, status, _) = probe(serving.grpc.to_string());
+    assert_eq!((code, status.as_str()), (Some(0), "SERVING"));
+
+    let unreachable = format!("redis://127.0.0.1:{}", common::free_port());
+    let down = Process::start(&["--redis-url", &unreachable, "--fingerprint-secret", "s", "--redis-timeout", "50ms"]);
+    let mut client = down.client().await;
+    // Health follows the store's last answer, checked every few hundred ms.
+    let started = std::time::Instant::now();
+    let (code, status) = loop {
+        let _ = common::try_check(&mut client, "k", 1).await;
+        let (code, status, _) = probe(down.grpc.to_string());
+        if code != Some(0) || started.elapsed() > std::time::Duration::from_secs(10) {
+            break (code, status);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!((code, status.as_str()), (Some(1), "NOT_SERVING"));
+
+    let (code, status, error) = probe(format!("127.0.0.1:{}", common::free_port()));
+    assert_eq!((code, status.as_str()), (Some(1), ""));
+    assert!(
+        error.starts_with("ratelimitd: probe: cannot connect to 127.0.0.1:") && error.lines().count() == 1,
+        "{error}"
+    );
+}

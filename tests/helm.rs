@@ -1,7 +1,7 @@
-//! The Helm chart, without a helm binary: values.yaml against values.schema.json
-//! (and values the schema must refuse), the README's install examples, and lint of the
-//! templates: balanced actions, every .Values path defined, every RATELIMITD_ variable
-//! a real flag, no secret on the command line.
+//! The Helm chart, without a helm binary: values.yaml against values.schema.json (and
+//! values the schema must refuse), and the chart rendered for real by Helm's SDK
+//! (scripts/chart-check.py) for the docs' install examples and a matrix of values, every
+//! manifest validated against Kubernetes' schemas, and what matters in them asserted.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -68,6 +68,9 @@ fn the_schema_refuses_values_that_cannot_work() {
         ("extraArgs that are not flags", json!({"extraArgs": ["hunter2"]})),
         ("an unknown log format", json!({"logFormat": "xml"})),
         ("a limit above what a ring may hold", json!({"limit": 1_000_001})),
+        ("a limits file with no content", json!({"limitsFile": {"enabled": true, "content": "  \n"}})),
+        ("the in-process store with several replicas", json!({"redis": {"mode": "none"}, "replicaCount": 2})),
+        ("the in-process store with autoscaling", json!({"redis": {"mode": "none"}, "autoscaling": {"enabled": true}})),
     ];
     for (what, patch) in cases {
         let problems = errors(&validator, &with(values(), patch));
@@ -97,131 +100,159 @@ fn the_readme_install_examples_follow_the_schema() {
     }
 }
 
-fn templates() -> Vec<(String, String)> {
-    let dir = Path::new(CHART).join("templates");
-    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
-        .expect("templates/")
-        .map(|entry| entry.expect("entry").path())
-        .map(|path| (path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&path).unwrap()))
-        .collect();
-    files.sort();
-    files
+/// The Python of the venv scripts/test makes for scripts/chart-check.py (helm-python-sdk,
+/// kubernetes-validate, PyYAML), or RATELIMITD_TEST_CHART_PYTHON.
+fn chart_python() -> std::path::PathBuf {
+    let path = std::env::var_os("RATELIMITD_TEST_CHART_PYTHON")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/chart/bin/python"));
+    assert!(
+        path.exists(),
+        "no {}: run scripts/test, which installs helm-python-sdk and kubernetes-validate",
+        path.display()
+    );
+    path
 }
 
-/// The actions (`{{ ... }}`) of a template, comments left out.
-fn actions(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let Some(len) = rest[start..].find("}}") else {
-            out.push("<unclosed>".into());
-            break;
-        };
-        let action = rest[start + 2..start + len].trim_matches(|c: char| c == '-' || c.is_whitespace());
-        if !action.starts_with("/*") {
-            out.push(action.to_owned());
-        }
-        rest = &rest[start + len + 2..];
+/// scripts/chart-check.py's report on `cases` and on the `helm install` examples of
+/// docs/operations.md: each rendered by Helm's SDK, every manifest validated.
+fn render(cases: &[(&str, Value)]) -> Value {
+    use std::io::Write as _;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let cases: Vec<Value> = cases.iter().map(|(name, values)| json!({"name": name, "values": values})).collect();
+    let request = json!({"chart": CHART, "docs": format!("{root}/docs/operations.md"), "cases": cases});
+    let mut child = std::process::Command::new(chart_python())
+        .arg(format!("{root}/scripts/chart-check.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scripts/chart-check.py");
+    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "chart-check.py: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("chart-check.py prints JSON")
+}
+
+fn objects<'a>(case: &'a Value, kind: &str) -> Vec<&'a Value> {
+    case["objects"].as_array().unwrap().iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// The ratelimitd container of the case's Deployment.
+fn container(case: &Value) -> &Value {
+    let deployments = objects(case, "Deployment");
+    assert_eq!(deployments.len(), 1, "{}", case["values"]);
+    &deployments[0]["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    container["env"].as_array()?.iter().find(|e| e["name"] == name)?["value"].as_str()
+}
+
+/// The Secret mounted where `file` lies, if any.
+fn secret_holding<'a>(case: &'a Value, file: &str) -> Option<&'a str> {
+    let pod = &objects(case, "Deployment")[0]["spec"]["template"]["spec"];
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| m["mountPath"].as_str().is_some_and(|dir| file.starts_with(&format!("{dir}/"))))?;
+    let volume = pod["volumes"].as_array()?.iter().find(|v| v["name"] == mount["name"])?;
+    volume["secret"]["secretName"].as_str()
+}
+
+/// Every optional part on, once with TLS and once with readiness following Redis (the
+/// kubelet's gRPC probe speaks plaintext).
+fn everything(tls: bool) -> Value {
+    let mut values = json!({
+        "redis": {"mode": "single", "url": "rediss://redis:6380", "auth": {"existingSecret": "redis-auth"},
+                  "tls": {"caSecret": "redis-ca", "clientCertSecret": "redis-client"}},
+        "fingerprintSecret": {"existingSecret": "fp"},
+        "limitsFile": {"enabled": true, "content": "overrides: []\n"},
+        "autoscaling": {"enabled": true, "minReplicas": 4, "maxReplicas": 12},
+        "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true},
+        "networkPolicy": {"enabled": true}, "grafanaDashboard": {"enabled": true},
+        "service": {"headless": {"enabled": true}},
+        "podAnnotations": {"prometheus.io/scrape": "yes", "team": "platform"},
+        "topologySpread": {"enabled": true},
+    });
+    if tls {
+        values["tls"] = json!({"enabled": true, "secretName": "ratelimitd-tls", "clientCASecret": "gateways-ca"});
+    } else {
+        values["probes"] = json!({"readinessFollowsRedis": true});
     }
-    out
+    values
 }
 
+/// The chart rendered for real (Helm v4's SDK through PyPI's helm-python-sdk): the install
+/// examples of docs/operations.md and a matrix of values render, `helm lint --strict` finds
+/// only the missing icon, and every manifest passes kubernetes-validate --strict for
+/// Kubernetes 1.30 with no key twice; then what matters in them is asserted.
 #[test]
-fn templates_are_well_formed() {
-    let files = templates();
-    for expected in [
-        "deployment.yaml",
-        "service.yaml",
-        "configmap.yaml",
-        "pdb.yaml",
-        "hpa.yaml",
-        "servicemonitor.yaml",
-        "prometheusrule.yaml",
-        "networkpolicy.yaml",
-        "dashboard-configmap.yaml",
-        "serviceaccount.yaml",
-        "NOTES.txt",
-        "_helpers.tpl",
-    ] {
-        assert!(files.iter().any(|(name, _)| name == expected), "templates/{expected} is missing");
+fn the_chart_renders_valid_manifests_for_every_example_and_option() {
+    let report = render(&[
+        ("everything, TLS", everything(true)),
+        ("everything, readiness follows Redis", everything(false)),
+        ("in process", json!({"redis": {"mode": "none"}, "replicaCount": 1})),
+    ]);
+    assert_eq!(report["lint"], json!(["icon is recommended"]), "helm lint --strict");
+    let cases = report["cases"].as_object().unwrap();
+    for (name, case) in cases {
+        assert_eq!(case["problems"], json!([]), "{name}");
+        println!("{name}: {} manifests valid", case["objects"].as_array().unwrap().len());
     }
-    for (name, text) in &files {
-        assert!(!text.contains('\t'), "{name}: tabs are not YAML indentation");
-        assert_eq!(text.matches("{{").count(), text.matches("}}").count(), "{name}: unbalanced {{{{ }}}}");
-        let actions = actions(text);
-        assert!(!actions.contains(&"<unclosed>".to_owned()), "{name}: an action is not closed");
-        let opened =
-            actions.iter().filter(|a| ["if ", "with ", "range ", "define "].iter().any(|k| a.starts_with(k))).count();
-        let closed = actions.iter().filter(|a| a.as_str() == "end").count();
-        assert_eq!(opened, closed, "{name}: {opened} blocks opened, {closed} closed");
-        for line in text.lines().filter(|l| !l.trim_start().starts_with("{{")) {
-            let indent = line.len() - line.trim_start().len();
-            assert!(indent % 2 == 0, "{name}: odd indentation in {line:?}");
-        }
-    }
-}
+    let examples: Vec<&Value> = cases.iter().filter(|(n, _)| n.starts_with("operations.md")).map(|(_, c)| c).collect();
+    assert_eq!(examples.len(), 3, "docs/operations.md's three helm install examples");
 
-/// `.Values.a.b` paths used by the templates.
-fn value_paths(text: &str) -> BTreeSet<String> {
-    let mut paths = BTreeSet::new();
-    for (i, _) in text.match_indices(".Values.") {
-        let path: String =
-            text[i + 8..].chars().take_while(|c| c.is_alphanumeric() || *c == '.' || *c == '_').collect();
-        paths.insert(path.trim_end_matches('.').to_owned());
-    }
-    paths
-}
-
-#[test]
-fn every_value_the_templates_use_is_defined() {
-    let values = values();
-    for (name, text) in templates() {
-        for path in value_paths(&text) {
-            let mut at = &values;
-            for part in path.split('.') {
-                at = at.get(part).unwrap_or_else(|| panic!("{name} uses .Values.{path}, which values.yaml lacks"));
-            }
-        }
-    }
-}
-
-#[test]
-fn the_deployment_configures_through_real_variables_and_keeps_secrets_off_the_command_line() {
-    let deployment = read("templates/deployment.yaml");
+    // Every variable the Deployment sets is a real flag's; secrets are files from Secrets.
     let known: BTreeSet<String> = Cli::command()
         .get_arguments()
         .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
         .collect();
-    let used: BTreeSet<String> = deployment
-        .match_indices("RATELIMITD_")
-        .map(|(i, _)| deployment[i..].chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect())
-        .collect();
-    assert!(used.len() > 20, "{used:?}");
-    for variable in &used {
-        assert!(known.contains(variable), "the deployment sets {variable}, which no flag reads");
+    for case in cases.values() {
+        let container = container(case);
+        for variable in container["env"].as_array().unwrap() {
+            let name = variable["name"].as_str().unwrap();
+            assert!(known.contains(name), "the Deployment sets {name}, which no flag reads");
+            assert!(variable.get("valueFrom").is_none(), "{name}: secrets are mounted files, not env values");
+        }
+        assert!(container.get("args").is_none(), "no flag (and so no secret) on the command line");
+        assert!(container["startupProbe"]["tcpSocket"].is_object(), "a startup probe");
     }
-    for number in [".Values.limit |", ".Values.redis.connections |", ".Values.redis.batch |"] {
-        let piped = deployment.split(number).nth(1).unwrap_or_default();
-        assert!(
-            piped.trim_start().starts_with("int64"),
-            "{number} must go through int64 (Helm reads numbers as floats: 1e+06)"
-        );
+    let single = examples.iter().find(|c| c["values"]["redis"]["mode"] == "single").unwrap();
+    let c = container(single);
+    assert_eq!(env(c, "RATELIMITD_REDIS_URL"), Some("redis://redis-master:6379"));
+    assert_eq!(env(c, "RATELIMITD_EXPECTED_REPLICAS"), Some("3"), "replicaCount");
+    let password = env(c, "RATELIMITD_REDIS_PASSWORD_FILE").unwrap();
+    assert_eq!(secret_holding(single, password), Some("redis-auth"));
+    let secret = env(c, "RATELIMITD_FINGERPRINT_SECRET_FILE").unwrap();
+    assert_eq!(secret_holding(single, secret), Some("ratelimitd-fingerprint"));
+
+    let all = &cases["everything, readiness follows Redis"];
+    let c = container(all);
+    assert_eq!(env(c, "RATELIMITD_EXPECTED_REPLICAS"), Some("4"), "the autoscaler's minimum: a floor");
+    assert!(c["readinessProbe"]["grpc"].is_object());
+    let annotations = &objects(all, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations, &json!({"prometheus.io/scrape": "yes", "prometheus.io/port": "9090", "team": "platform"}));
+    let services = objects(all, "Service");
+    assert_eq!(services.len(), 2);
+    assert!(services.iter().any(|s| s["spec"]["clusterIP"] == "None"), "the headless Service");
+    let hook = objects(all, "Pod");
+    assert_eq!(hook.len(), 1, "the helm test hook");
+    assert_eq!(hook[0]["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(hook[0]["spec"]["containers"][0]["args"], json!(["probe", "rl-ratelimitd:50051"]));
+    let policy = objects(all, "NetworkPolicy")[0];
+    for rule in policy["spec"]["ingress"].as_array().unwrap() {
+        assert!(rule.get("from").is_none(), "by default any namespace may call and scrape: {rule}");
     }
-    for secret in [
-        "RATELIMITD_FINGERPRINT_SECRET\n",
-        "RATELIMITD_FINGERPRINT_SECRET\"",
-        "secretKeyRef",
-        "--fingerprint-secret",
-        "--redis-password",
-    ] {
-        assert!(!deployment.contains(secret), "secrets are mounted files, never env values or flags: found {secret}");
+    let redis_ports: Vec<&Value> =
+        policy["spec"]["egress"][1]["ports"].as_array().unwrap().iter().map(|p| &p["port"]).collect();
+    assert_eq!(redis_ports, [&json!(6379), &json!(6380), &json!(26379)]);
+    let rules: Value = serde_yaml_ng::from_str(&read("alerts/ratelimitd.rules.yaml")).unwrap();
+    assert_eq!(objects(all, "PrometheusRule")[0]["spec"]["groups"], rules["groups"], "the rules file, as it is");
+    for kind in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "ConfigMap"] {
+        assert!(!objects(all, kind).is_empty(), "{kind} is missing");
     }
-    for must in
-        ["readOnlyRootFilesystem", "runAsNonRoot", "RATELIMITD_EXPECTED_REPLICAS", "livenessProbe", "readinessProbe"]
-    {
-        let in_values = read("values.yaml").contains(must);
-        assert!(deployment.contains(must) || in_values, "{must} is not set");
-    }
+    assert!(objects(&cases["everything, TLS"], "Pod").is_empty(), "no plaintext test hook under TLS");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The replicas sharing a Redis count themselves there (`lua/presence.lua`), and the `local`
+//! The replicas sharing a Redis count themselves there (the set `<prefix>replicas`), and the `local`
 //! failure mode divides by that count (at least `--expected-replicas`): replicas joining and
 //! leaving, with the real binary, each replica's `ratelimitd_replicas` scraped.
 

@@ -25,7 +25,7 @@ async fn one_key_per_api_key_named_by_fingerprint_in_one_cluster_slot() {
         check(&mut client, api_key, 1).await;
     }
     let expected = format!("ratelimitd:{{{}}}:2", server.fingerprint(api_key));
-    // Besides the key's history, only the set of replicas sharing the Redis (lua/presence.lua).
+    // Besides the key's history, only the set of replicas sharing the Redis (`Store::presence`).
     assert_eq!(keys(&backend).await, vec!["ratelimitd:replicas".to_owned(), expected]);
 }
 

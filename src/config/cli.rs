@@ -264,6 +264,13 @@ pub enum Command {
         /// The limits file (YAML).
         file: PathBuf,
     },
+    /// Asks a running ratelimitd's gRPC health service whether it serves: exit 0 if it
+    /// answers SERVING, 1 otherwise (NOT_SERVING, or no answer within 5 s). For `helm test`
+    /// and probes in an image without a shell; plaintext only.
+    Probe {
+        /// host:port of its gRPC listener.
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,6 +14,8 @@ use crate::domain::{Policies, Policy};
 /// What `main` should do next.
 pub enum Next {
     Serve(Box<Cli>),
+    /// `ratelimitd probe TARGET`: a gRPC client, which this floor does not hold.
+    Probe(String),
     Exit(ExitCode),
 }
 
@@ -32,6 +34,7 @@ pub fn parse() -> Next {
         None => Next::Serve(Box::new(cli)),
         Some(Command::Fingerprint) => Next::Exit(print_fingerprint(&cli)),
         Some(Command::CheckLimits { file }) => Next::Exit(check_limits(&cli, file)),
+        Some(Command::Probe { target }) => Next::Probe(target.clone()),
     }
 }
 

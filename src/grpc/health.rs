@@ -2,7 +2,12 @@
 //! shutdown (NOT_SERVING once draining starts), and server reflection, so generic
 //! gRPC tools work without the proto files.
 
+use std::process::ExitCode;
+use std::time::Duration;
+
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, health_check_response};
 use tonic_health::server::HealthReporter;
 
 use super::pb;
@@ -49,4 +54,34 @@ pub fn reflection() -> Result<
     let v1 = builder().build_v1().map_err(|e| e.to_string())?;
     let v1alpha = builder().build_v1alpha().map_err(|e| e.to_string())?;
     Ok((v1, v1alpha))
+}
+
+/// `ratelimitd probe TARGET`: whether the server at `TARGET` (host:port, plaintext) answers
+/// SERVING for the whole server (""), within 5 s. Prints its status, or one line saying why
+/// there is none.
+pub async fn probe(target: &str) -> ExitCode {
+    let ask = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+            .map_err(|e| format!("{target} is not host:port: {e}"))?;
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {target}: {e}"))?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .map_err(|status| format!("{target} answered {:?}: {}", status.code(), status.message()))?;
+        Ok::<_, String>(reply.into_inner().status())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), ask).await {
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            if status == health_check_response::ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Ok(Err(why)) => {
+            eprintln!("ratelimitd: probe: {why}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("ratelimitd: probe: {target} did not answer within 5 s");
+            ExitCode::FAILURE
+        }
+    }
 }

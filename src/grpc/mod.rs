@@ -8,7 +8,7 @@ mod health;
 mod service;
 
 pub use envoy::EnvoyRateLimitService;
-pub use health::{Health, reflection};
+pub use health::{Health, probe, reflection};
 pub use service::RateLimiterService;
 
 /// Code generated from `proto/ratelimit/v1/ratelimit.proto`.

@@ -1,6 +1,6 @@
 //! How many replicas share the store, for the `local` failure mode: each replica admits its
 //! share (limit / replicas) while the store cannot answer. Replicas sharing a Redis count
-//! themselves there (`lua/presence.lua`, every [`INTERVAL`]); the count in use is the larger of
+//! themselves there (a sorted set, every [`INTERVAL`]: `Store::presence`); the count in use is the larger of
 //! the last one seen and `--expected-replicas`, a floor, so that during an outage the local
 //! mode divides by how many replicas there were when Redis last answered.
 

@@ -42,8 +42,6 @@ pub struct RedisStore {
     cluster: bool,
     /// `host:port`s, for log lines.
     addresses: String,
-    /// `lua/presence.lua`: how many replicas share this Redis.
-    presence: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -70,8 +68,7 @@ impl RedisStore {
         let batch = if cluster { 1 } else { options.batch };
         let batches = Arc::new(Batches::new(lanes, connections, batch));
         let addresses = options.endpoint.addresses();
-        let presence = redis::Script::new(script::PRESENCE_SOURCE);
-        Ok(Self { batches, key_prefix: options.key_prefix, cluster, addresses, presence })
+        Ok(Self { batches, key_prefix: options.key_prefix, cluster, addresses })
     }
 
     /// Makes this thread's checks use one connection, `worker` mod `connections`. A
@@ -207,16 +204,26 @@ impl Store for RedisStore {
         Ok(counted)
     }
 
-    /// `lua/presence.lua` on the control lane, by `--redis-timeout`.
+    /// On the control lane, by `--redis-timeout`: the replicas are the members of the sorted
+    /// set `<prefix>replicas`, each scored by the Redis time of its last call. Plain commands,
+    /// not a script, so that script call counts stay those of the checks.
     async fn presence(&self, replica: &str, ttl: Duration) -> Result<Option<u32>, StoreError> {
         let lanes = &self.batches.lanes;
         let lane = lanes.control_lane();
         let name = format!("{}replicas", self.key_prefix);
+        let ttl = ttl.as_millis() as u64;
         let call = async {
             let mut conn = lanes.connection(lane).await?;
-            let mut invocation = self.presence.key(&name);
-            invocation.arg(replica).arg(ttl.as_millis() as u64);
-            invocation.invoke_async::<u32>(&mut conn).await.map(Some).map_err(|e| lanes.failed(e))
+            let (seconds, micros): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
+            let now = seconds * 1000 + micros / 1000;
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD").arg(&name).arg(now).arg(replica).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE").arg(&name).arg("-inf").arg(now.saturating_sub(ttl)).ignore();
+            pipe.cmd("PEXPIRE").arg(&name).arg(ttl).ignore();
+            pipe.cmd("ZCARD").arg(&name);
+            let (count,): (u32,) = pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
+            Ok(Some(count))
         };
         lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }

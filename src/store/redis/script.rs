@@ -10,9 +10,6 @@ use crate::store::StoreError;
 /// The script's source, loaded once per Redis (EVALSHA, reloaded on NOSCRIPT).
 pub const SOURCE: &str = include_str!("../../../lua/sliding_window.lua");
 
-/// `lua/presence.lua`, which counts the replicas sharing a Redis.
-pub const PRESENCE_SOURCE: &str = include_str!("../../../lua/presence.lua");
-
 /// The same script flagged `allow-oom`, for calls made while Redis is full (maxmemory):
 /// with ` existing` it counts only where a key has room, so no value grows.
 pub const FULL_SOURCE: &str = concat!("#!lua flags=allow-oom\n", include_str!("../../../lua/sliding_window.lua"));
