@@ -69,3 +69,44 @@ async fn a_real_prometheus_loads_the_rules_and_alerts_when_redis_is_unreachable(
     }
     assert!(["pending", "firing"].contains(&alert["state"].as_str().unwrap_or_default()), "{alert}");
 }
+
+/// The Grafana dashboard's queries, as an operator reads them: valid PromQL (promtool checks
+/// each as a recording rule, with Grafana's variables filled in), no panel mixing per-second
+/// rates with other units (ages, counts), no division that fails while idle, and the top
+/// throttled keys shown with their alias.
+#[test]
+fn the_dashboard_queries_are_valid_and_each_panel_has_one_unit() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../helm/ratelimitd/dashboards/ratelimitd.json")).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let (id, title) = (&panel["id"], panel["title"].as_str().unwrap());
+        let exprs: Vec<&str> =
+            panel["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap()).collect();
+        let rates = exprs.iter().filter(|e| e.contains("rate(")).count();
+        assert!(
+            rates == 0 || rates == exprs.len(),
+            "panel {title:?} mixes per-second rates with other units: {exprs:?}"
+        );
+        for (i, expr) in exprs.iter().enumerate() {
+            if let Some((_, divisor)) = expr.split_once(" / ") {
+                assert!(
+                    divisor.starts_with("clamp_min(") || divisor.contains("> 0"),
+                    "panel {title:?} divides by zero while idle: {expr}"
+                );
+            }
+            let filled = expr.replace("$job", ".+").replace("$__rate_interval", "1m");
+            rules.push_str(&format!(
+                "      - record: dashboard:panel_{id}_{i}\n        expr: {}\n",
+                serde_json::to_string(&filled).unwrap()
+            ));
+        }
+        if title == "Top throttled keys" {
+            assert!(exprs[0].contains("by (key, alias)"), "top keys without their alias: {}", exprs[0]);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard.rules.yaml");
+    std::fs::write(&file, rules).unwrap();
+    println!("{}", promtool(&["check", "rules", file.to_str().unwrap()]));
+}

@@ -160,3 +160,30 @@ async fn store_health_follows_redis_down_and_back() {
     println!("ratelimitd_store_up went to 0 after {down:?} and back to 1 after {up:?}");
     assert!(check(&mut client, "k", 1).await.allowed, "checks work again once Redis is back");
 }
+
+/// Every series an operator alerts on exists from start-up, at 0 (per-key series excepted),
+/// with the build and process metrics; gRPC calls are counted by method and status.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_series_exists_from_start_up_and_calls_count_by_method_and_status() {
+    let server = Process::start(&["--limit", "5", "--fingerprint-secret", SECRET]);
+    let mut client = server.client().await;
+    let text = server.scrape();
+    for name in ratelimitd::metrics::ALL.iter().filter(|n| **n != ratelimitd::metrics::THROTTLED_KEY_DENIALS) {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} is missing at start-up:\n{text}");
+    }
+    for name in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_threads"] {
+        assert!(value(&text, &format!("{name} ")).is_some(), "{name} is missing");
+    }
+    let version = format!("ratelimitd_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(value(&text, &version), Some(1.0));
+    let ok = "ratelimitd_grpc_calls_total{method=\"CheckAndConsume\",code=\"OK\"}";
+    assert_eq!(value(&text, ok), Some(0.0), "at 0 from start-up");
+
+    check(&mut client, "k", 1).await;
+    check(&mut client, "k", 2).await;
+    assert!(try_check(&mut client, "k", 6).await.is_err(), "a cost above the limit is refused");
+    let text = server.scrape();
+    assert_eq!(value(&text, ok), Some(2.0), "{text}");
+    let invalid = "ratelimitd_grpc_calls_total{method=\"CheckAndConsume\",code=\"INVALID_ARGUMENT\"}";
+    assert_eq!(value(&text, invalid), Some(1.0), "{text}");
+}

@@ -30,6 +30,8 @@ pub const DENY_CACHE_HITS: &str = "ratelimitd_deny_cache_hits_total";
 pub const FALLBACKS: &str = "ratelimitd_fallback_decisions_total";
 pub const BREAKER_OPEN: &str = "ratelimitd_circuit_breaker_open";
 pub const REPLICAS: &str = "ratelimitd_replicas";
+pub const GRPC_CALLS: &str = "ratelimitd_grpc_calls_total";
+pub const BUILD_INFO: &str = "ratelimitd_build_info";
 pub const OWED: &str = "ratelimitd_fallback_admissions_unrecorded";
 pub const OWED_DONE: &str = "ratelimitd_fallback_admissions_total";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
@@ -56,6 +58,8 @@ pub const ALL: &[&str] = &[
     OWED,
     OWED_DONE,
     REPLICAS,
+    GRPC_CALLS,
+    BUILD_INFO,
     BREAKER_OPEN,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
@@ -134,6 +138,14 @@ fn describe() {
         FALLBACKS,
         "Checks answered by the policy's failure mode (open, closed, local) because the store failed, by mode and call (check, peek)."
     );
+    describe_counter!(
+        GRPC_CALLS,
+        "gRPC calls by method and status code, including those refused before a handler (too large, undecodable, unknown method)."
+    );
+    describe_gauge!(BUILD_INFO, "1, labelled with the version of ratelimitd running.");
+    process().describe();
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    start_at_zero();
     describe_gauge!(
         REPLICAS,
         "Replicas the local failure mode divides each limit among: the larger of those sharing the store \
@@ -195,6 +207,80 @@ pub fn deny_cache_hit() {
 pub fn fallback(mode: FailureMode, consume: bool) {
     let call = if consume { "check" } else { "peek" };
     counter!(FALLBACKS, "mode" => mode.as_str(), "call" => call).increment(1);
+}
+
+/// Makes every series with a known label set exist from start-up, at 0, so that rates and
+/// alerts see them before the first event (per-key series excepted).
+fn start_at_zero() {
+    hot();
+    for method in GRPC_METHODS.iter().map(|(_, name)| *name) {
+        counter!(GRPC_CALLS, "method" => method, "code" => "OK").increment(0);
+    }
+    for field in ["key_id", "cost"] {
+        counter!(INVALID_REQUESTS, "field" => field).increment(0);
+    }
+    for kind in ["timeout", "unavailable", "auth", "oom", "rejected", "failed"] {
+        counter!(REDIS_ERRORS, "kind" => kind).increment(0);
+    }
+    for mode in [FailureMode::Open, FailureMode::Closed, FailureMode::Local] {
+        for call in ["check", "peek"] {
+            counter!(FALLBACKS, "mode" => mode.as_str(), "call" => call).increment(0);
+        }
+    }
+    gauge!(BREAKER_OPEN).set(0.0);
+}
+
+/// The process's CPU, memory, threads and file descriptors (`process_*`, as Prometheus's
+/// own clients name them), read from /proc when the metrics are scraped.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Updates the process metrics: before each scrape.
+pub fn collect_process() {
+    process().collect();
+}
+
+/// The `method` label of each gRPC method served; any other path is `unknown`.
+const GRPC_METHODS: &[(&str, &str)] = &[
+    ("/ratelimit.v1.RateLimiter/CheckAndConsume", "CheckAndConsume"),
+    ("/ratelimit.v1.RateLimiter/Peek", "Peek"),
+    ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", "ShouldRateLimit"),
+    ("/grpc.health.v1.Health/Check", "HealthCheck"),
+    ("/grpc.health.v1.Health/Watch", "HealthWatch"),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "Reflection"),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "Reflection"),
+];
+
+/// The `method` label of a gRPC request path.
+pub fn grpc_method(path: &str) -> &'static str {
+    GRPC_METHODS.iter().find(|(p, _)| *p == path).map_or("unknown", |(_, name)| name)
+}
+
+/// One gRPC call answered with status `code` (its number).
+pub fn grpc_call(method: &'static str, code: i32) {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let code = usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("UNKNOWN");
+    counter!(GRPC_CALLS, "method" => method, "code" => code).increment(1);
 }
 
 /// The local failure mode divides each limit among `replicas`.

@@ -25,6 +25,7 @@ pub struct Exposition {
 
 impl Exposition {
     pub fn render(&self) -> String {
+        crate::metrics::collect_process();
         let mut text = self.handle.render();
         let policies = self.policies.current();
         self.throttled.render(&mut text, |key| policies.overrides.get(key).and_then(|o| o.alias.clone()));

@@ -8,6 +8,7 @@ use tonic::service::Routes;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use super::ServeError;
+use super::calls::CountCalls;
 use crate::config::{Config, TlsFiles};
 use crate::grpc::envoy::{self, RateLimitServiceServer};
 use crate::grpc::pb::rate_limiter_server::RateLimiterServer;
@@ -25,7 +26,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server settings and the services, ready to be served by each worker.
 pub struct Router {
-    pub builder: Server,
+    pub builder: Server<tower_layer::Stack<CountCalls, tower_layer::Identity>>,
     pub routes: Routes,
 }
 
@@ -42,6 +43,7 @@ impl Router {
         let service =
             RateLimiterServer::new(RateLimiterService::new(limiter)).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let mut builder = Server::builder()
+            .layer(CountCalls)
             .timeout(config.request_timeout)
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
