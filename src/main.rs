@@ -18,7 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let cli = match commands::parse() {
         Next::Serve(cli) => cli,
-        Next::Probe(target) => return ratelimitd::grpc::probe(&target).await,
+        Next::Probe(target, service) => return ratelimitd::grpc::probe(&target, &service).await,
         Next::Exit(code) => return code,
     };
     let config = match Config::from_cli(*cli) {

@@ -230,7 +230,13 @@ fn the_chart_renders_valid_manifests_for_every_example_and_option() {
     let all = &cases["everything, readiness follows Redis"];
     let c = container(all);
     assert_eq!(env(c, "RATELIMITD_EXPECTED_REPLICAS"), Some("4"), "the autoscaler's minimum: a floor");
-    assert!(c["readinessProbe"]["grpc"].is_object());
+    assert_eq!(c["readinessProbe"]["grpc"]["service"], "", "readinessFollowsRedis asks the whole server");
+    let single_probe = &container(single)["readinessProbe"]["grpc"];
+    assert_eq!(
+        single_probe["service"], "ratelimitd.readiness",
+        "by default readiness fails only when Redis refuses us"
+    );
+    assert!(container(&cases["everything, TLS"])["readinessProbe"]["tcpSocket"].is_object(), "TCP under TLS");
     let annotations = &objects(all, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(annotations, &json!({"prometheus.io/scrape": "yes", "prometheus.io/port": "9090", "team": "platform"}));
     let services = objects(all, "Service");

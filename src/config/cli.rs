@@ -270,6 +270,11 @@ pub enum Command {
     Probe {
         /// host:port of its gRPC listener.
         target: String,
+        /// The health service to ask: "" (the default) is SERVING while Redis answers;
+        /// `ratelimitd.readiness` is NOT_SERVING only while Redis refuses every call (a wrong
+        /// password) or the server shuts down.
+        #[arg(long, default_value = "")]
+        service: String,
     },
 }
 

@@ -15,7 +15,7 @@ use crate::domain::{Policies, Policy};
 pub enum Next {
     Serve(Box<Cli>),
     /// `ratelimitd probe TARGET`: a gRPC client, which this floor does not hold.
-    Probe(String),
+    Probe(String, String),
     Exit(ExitCode),
 }
 
@@ -34,7 +34,7 @@ pub fn parse() -> Next {
         None => Next::Serve(Box::new(cli)),
         Some(Command::Fingerprint) => Next::Exit(print_fingerprint(&cli)),
         Some(Command::CheckLimits { file }) => Next::Exit(check_limits(&cli, file)),
-        Some(Command::Probe { target }) => Next::Probe(target.clone()),
+        Some(Command::Probe { target, service }) => Next::Probe(target.clone(), service.clone()),
     }
 }
 

@@ -12,7 +12,12 @@ use tonic_health::server::HealthReporter;
 
 use super::pb;
 
-/// Sets the status of the whole server ("") and of `ratelimit.v1.RateLimiter`.
+/// The health service name a readiness probe asks: NOT_SERVING only while the store refuses
+/// every call until an operator acts (a wrong password, a script error) and once shutdown
+/// starts; SERVING while Redis is merely down or slow, when the failure modes answer.
+pub const READINESS: &str = "ratelimitd.readiness";
+
+/// Sets the status of the whole server (""), of `ratelimit.v1.RateLimiter` and of [`READINESS`].
 #[derive(Clone)]
 pub struct Health {
     reporter: HealthReporter,
@@ -26,11 +31,14 @@ impl Health {
         (Self { reporter }, service)
     }
 
-    pub async fn set(&self, serving: bool) {
-        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    /// `serving`: the whole server ("") and `ratelimit.v1.RateLimiter` (SERVING while the
+    /// store answers); `ready`: [`READINESS`].
+    pub async fn set(&self, serving: bool, ready: bool) {
+        let status = |on| if on { ServingStatus::Serving } else { ServingStatus::NotServing };
         for service in ["", pb::rate_limiter_server::SERVICE_NAME] {
-            self.reporter.set_service_status(service, status).await;
+            self.reporter.set_service_status(service, status(serving)).await;
         }
+        self.reporter.set_service_status(READINESS, status(ready)).await;
     }
 }
 
@@ -56,16 +64,16 @@ pub fn reflection() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// `ratelimitd probe TARGET`: whether the server at `TARGET` (host:port, plaintext) answers
-/// SERVING for the whole server (""), within 5 s. Prints its status, or one line saying why
+/// `ratelimitd probe TARGET [--service NAME]`: whether the server at `TARGET` (host:port,
+/// plaintext) answers SERVING for `service` ("": the whole server), within 5 s. Prints its status, or one line saying why
 /// there is none.
-pub async fn probe(target: &str) -> ExitCode {
+pub async fn probe(target: &str, service: &str) -> ExitCode {
     let ask = async {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
             .map_err(|e| format!("{target} is not host:port: {e}"))?;
         let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {target}: {e}"))?;
         let reply = HealthClient::new(channel)
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest { service: service.to_owned() })
             .await
             .map_err(|status| format!("{target} answered {:?}: {}", status.code(), status.message()))?;
         Ok::<_, String>(reply.into_inner().status())

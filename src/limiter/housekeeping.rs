@@ -1,7 +1,7 @@
 //! The limiter's own upkeep, in one task per limiter: drops history and cached
 //! denials that time has undone, writes the failure modes' admissions into the store
-//! once it answers, counts the replicas sharing the store, and probes the store so that its health stays true while no
-//! checks arrive.
+//! once it answers, counts the replicas sharing the store, and probes the store so
+//! that its health stays true while no checks arrive.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -28,6 +28,7 @@ pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
                 let Some(limiter) = limiter.upgrade() else { return };
                 let answer = limiter.store.probe().await;
                 limiter.note_store_health(answer.is_ok());
+                limiter.note_refusal(&answer);
             }
             _ = sweep.tick() => {
                 let Some(limiter) = limiter.upgrade() else { return };

@@ -90,6 +90,9 @@ pub struct Limiter<S> {
     deny_cache: Option<DenyCache>,
     /// Whether the store answered last time; the health metric changes only on a flip.
     store_up: AtomicBool,
+    /// Whether the store's last answer was a refusal that needs an operator (a wrong
+    /// password, a script error): readiness fails while it lasts.
+    store_refuses: AtomicBool,
     breaker: Breaker,
     /// The exact in-process store of the `local` failure mode.
     local: MemoryStore,
@@ -116,6 +119,7 @@ impl<S: Store> Limiter<S> {
             throttled,
             deny_cache: None,
             store_up: AtomicBool::new(true),
+            store_refuses: AtomicBool::new(false),
             breaker: Breaker::default(),
             local: MemoryStore::new(),
             presence: presence::Presence::default(),
@@ -245,6 +249,23 @@ impl<S: Store> Limiter<S> {
         self.store_up.load(Ordering::Relaxed)
     }
 
+    /// Whether the store refuses every call until an operator acts (its last answer was a
+    /// refusal: a wrong password, a missing permission, a script error). A store merely down
+    /// or slow does not count: the failure modes answer for it.
+    pub fn store_refuses(&self) -> bool {
+        self.store_refuses.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether an answer of the store (a call's or a probe's) was such a refusal; a
+    /// transient failure changes nothing.
+    pub fn note_refusal<T>(&self, answer: &Result<T, StoreError>) {
+        match answer {
+            Ok(_) => self.store_refuses.store(false, Ordering::Relaxed),
+            Err(e @ StoreError::Rejected(_)) if e.opens_breaker() => self.store_refuses.store(true, Ordering::Relaxed),
+            Err(_) => {}
+        }
+    }
+
     /// Records whether the store answers (a call's outcome, or a health probe's).
     pub fn note_store_health(&self, up: bool) {
         if self.store_up.swap(up, Ordering::Relaxed) != up {
@@ -293,6 +314,7 @@ impl<S: Store> Limiter<S> {
                 BreakerState::Closed => tracing::info!("circuit breaker closed: the store answers again"),
             }
         }
+        self.note_refusal(&result);
         match &result {
             Ok(_) => self.note_store_health(true),
             Err(e) if e.is_transient() => {

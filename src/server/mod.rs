@@ -60,9 +60,9 @@ pub async fn serve<S: Store>(
     let addr = listener.local_addr().map(|addr| addr.to_string()).unwrap_or_default();
     let (health, health_service) = Health::new();
     // Set before serving: a check that arrives first must not find the service unknown.
-    let up = limiter.store_is_up();
-    health.set(up).await;
-    let follower = Task::spawn(follow_store(Arc::downgrade(&limiter), health.clone(), up));
+    let state = (limiter.store_is_up(), !limiter.store_refuses());
+    health.set(state.0, state.1).await;
+    let follower = Task::spawn(follow_store(Arc::downgrade(&limiter), health.clone(), state));
     let router = Router::new(limiter, config, health_service)?;
     let _closer = Task::spawn(close_when_drained(drain.clone(), follower, health, config.shutdown_delay));
     let (report, mut reports) = mpsc::unbounded_channel();
@@ -114,7 +114,7 @@ pub async fn serve<S: Store>(
 async fn close_when_drained(drain: Drain, follower: Task, health: Health, delay: Duration) {
     drain.started().await;
     drop(follower);
-    health.set(false).await;
+    health.set(false, false).await;
     if !delay.is_zero() {
         tracing::info!(?delay, "shutting down: NOT_SERVING, still serving until the delay is over");
         tokio::time::sleep(delay).await;
@@ -181,18 +181,19 @@ impl Drop for Outcome {
     }
 }
 
-/// Keeps gRPC health SERVING while the store answers and NOT_SERVING while it does
-/// not (as the limiter last saw it: a call's outcome or a probe's). Runs until the
-/// limiter is dropped, or shutdown takes health over.
-async fn follow_store<S: Store>(limiter: Weak<Limiter<S>>, health: Health, mut serving: bool) {
+/// Keeps gRPC health SERVING while the store answers and NOT_SERVING while it does not,
+/// and readiness NOT_SERVING while the store refuses calls for good (as the limiter last
+/// saw it: a call's outcome or a probe's). Runs until the limiter is dropped, or shutdown
+/// takes health over.
+async fn follow_store<S: Store>(limiter: Weak<Limiter<S>>, health: Health, mut state: (bool, bool)) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     loop {
         tick.tick().await;
-        let Some(up) = limiter.upgrade().map(|limiter| limiter.store_is_up()) else { return };
-        if serving != up {
-            tracing::info!(serving = up, "gRPC health follows the store");
-            health.set(up).await;
-            serving = up;
+        let Some(now) = limiter.upgrade().map(|l| (l.store_is_up(), !l.store_refuses())) else { return };
+        if state != now {
+            tracing::info!(serving = now.0, ready = now.1, "gRPC health follows the store");
+            health.set(now.0, now.1).await;
+            state = now;
         }
     }
 }

@@ -146,7 +146,12 @@ impl StoreError {
             Self::Timeout(_) => "timeout",
             Self::Unavailable(_) => "unavailable",
             Self::Rejected(words) | Self::Failed(words) if code(words) == "OOM" => "oom",
-            Self::Rejected(words) if ["NOAUTH", "WRONGPASS", "NOPERM"].contains(&code(words).as_str()) => "auth",
+            Self::Rejected(words)
+                if ["NOAUTH", "WRONGPASS", "NOPERM"].contains(&code(words).as_str())
+                    || words.ends_with("AuthenticationFailed") =>
+            {
+                "auth"
+            }
             Self::Rejected(_) => "rejected",
             Self::Failed(_) => "failed",
         }
@@ -172,6 +177,7 @@ mod tests {
                 true,
                 "auth",
             ),
+            (StoreError::Rejected("Password authentication failed - AuthenticationFailed".into()), true, "auth"),
             (StoreError::Rejected("OOM command not allowed when used memory > 'maxmemory'.".into()), true, "oom"),
             (
                 StoreError::Rejected("ERR user_script:1: Script attempted to access nonexistent global".into()),

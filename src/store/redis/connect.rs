@@ -101,20 +101,23 @@ impl Pools {
         })
     }
 
-    pub(super) async fn get(&self) -> Result<(Pooled, Conn), String> {
+    /// A connection, or why there is none: Redis refused us (a wrong password or user, a
+    /// missing permission: [`StoreError::Rejected`], until an operator acts), or it cannot
+    /// be reached now ([`StoreError::Unavailable`]).
+    pub(super) async fn get(&self) -> Result<(Pooled, Conn), StoreError> {
         Ok(match self {
             Self::Single(pool) => {
-                let pooled = pool.get().await.map_err(|e| e.to_string())?;
+                let pooled = pool.get().await.map_err(pool_error)?;
                 let conn = Conn::Multiplexed(MultiplexedConnection::clone(&pooled));
                 (Pooled::Single(pooled), conn)
             }
             Self::Cluster(pool) => {
-                let pooled = pool.get().await.map_err(|e| e.to_string())?;
+                let pooled = pool.get().await.map_err(pool_error)?;
                 let conn = Conn::Cluster(ClusterConnection::clone(&pooled));
                 (Pooled::Cluster(pooled), conn)
             }
             Self::Sentinel(pool) => {
-                let pooled = pool.get().await.map_err(|e| e.to_string())?;
+                let pooled = pool.get().await.map_err(pool_error)?;
                 let conn = Conn::Multiplexed(MultiplexedConnection::clone(&pooled));
                 (Pooled::Sentinel(pooled), conn)
             }
@@ -133,6 +136,19 @@ impl Pooled {
             Self::Sentinel(conn) => drop(deadpool_redis::sentinel::Connection::take(conn)),
         }
     }
+}
+
+fn pool_error(e: deadpool_redis::PoolError) -> StoreError {
+    match e {
+        deadpool_redis::PoolError::Backend(e) if refused(&e) => StoreError::Rejected(e.to_string()),
+        e => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Whether Redis refused the connection (AUTH or the first command) for a reason that will
+/// not pass by itself.
+fn refused(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
 }
 
 /// Parses a URL; errors never show it (it may hold a password).

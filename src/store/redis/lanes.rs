@@ -233,7 +233,7 @@ impl Lanes {
         // connection it makes waits in the pool for the next caller.
         let pools = self.pools.clone();
         let connecting = tokio::spawn(async move { pools.get().await });
-        let got = connecting.await.unwrap_or_else(|e| Err(format!("connecting failed: {e}")));
+        let got = connecting.await.unwrap_or_else(|e| Err(StoreError::Unavailable(format!("connecting failed: {e}"))));
         match got {
             Ok((pooled, conn)) => {
                 *slot = Some(Lane { pooled, conn: conn.clone() });
@@ -243,7 +243,7 @@ impl Lanes {
                 // Redis cannot be reached: the other lanes' connections are as dead.
                 drop(slot);
                 self.reset_all();
-                Err(StoreError::Unavailable(e))
+                Err(e)
             }
         }
     }
