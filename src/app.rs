@@ -111,7 +111,8 @@ fn reload_tasks(config: &Config, drain: &Drain) -> Vec<Task> {
     let Some(file) = config.limits_file.clone() else { return vec![Task::spawn(reload::ignore_hangups())] };
     let (hangup, hangups) = tokio::sync::mpsc::channel(1);
     let watch = reload::watch(file, config.policies.clone(), hangups, drain.started());
-    vec![Task::spawn(reload::forward_hangups(hangup)), Task::spawn(watch)]
+    let ends = crate::config::overrides::watch_ends(config.policies.clone(), drain.started());
+    vec![Task::spawn(reload::forward_hangups(hangup)), Task::spawn(watch), Task::spawn(ends)]
 }
 
 fn limiter<S: Store>(store: S, config: &Config, throttled: Arc<Throttled>) -> Limiter<S> {

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod commands;
 pub mod limits;
+pub mod overrides;
 pub mod reload;
 
 use std::net::SocketAddr;

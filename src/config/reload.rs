@@ -105,6 +105,7 @@ impl Watcher {
         match checked {
             Ok(policies) => {
                 let (named, overrides) = (count_policies(&policies), policies.overrides.len());
+                super::overrides::audit_reload(&self.policies.current(), &policies, crate::domain::unix_ms());
                 self.policies.replace(policies);
                 self.last = Some(content);
                 metrics::config_loaded(true);

@@ -14,6 +14,6 @@ pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use history::History;
 pub use policy::{
     DEFAULT_POLICY, FailureMode, Limits, MAX_LIMIT, MAX_WINDOW, MAX_WINDOWS, Override, Policies, Policy, PolicyError,
-    Resolved, SharedPolicies, Window,
+    Resolved, SharedPolicies, Window, unix_ms,
 };
 pub use validation::{InvalidRequest, MAX_KEY_ID_BYTES, validate_cost, validate_key};

@@ -169,11 +169,28 @@ impl Policy {
     }
 }
 
-/// A key's override: its policy, and a readable name (a partner's) for logs and metrics.
+/// A key's override: its policy, and a readable name (a partner's) for logs and metrics;
+/// optionally in force only until a time, after which the key has the `then` policy (or,
+/// without one, the default), with no reload needed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Override {
     pub policy: Arc<Policy>,
     pub alias: Option<Arc<str>>,
+    /// Unix ms from which `policy` no longer applies.
+    pub until_ms: Option<u64>,
+    /// The policy from `until_ms` on; `None`: the default.
+    pub then: Option<Arc<Policy>>,
+}
+
+impl Override {
+    pub fn new(policy: Arc<Policy>, alias: Option<Arc<str>>) -> Self {
+        Self { policy, alias, until_ms: None, then: None }
+    }
+
+    /// Whether `policy` has stopped applying at `now_ms`.
+    pub fn has_ended(&self, now_ms: u64) -> bool {
+        self.until_ms.is_some_and(|until| now_ms >= until)
+    }
 }
 
 /// The policy a key gets, as looked up for one request.
@@ -197,12 +214,36 @@ impl Policies {
         Self { default: Arc::new(default), overrides: HashMap::new() }
     }
 
+    /// The key's policy now (the clock is read only for an override that ends).
     pub fn lookup(&self, key: &Fingerprint) -> Resolved {
         match self.overrides.get(key) {
-            Some(o) => Resolved { policy: o.policy.clone(), alias: o.alias.clone(), overridden: true },
+            Some(o) if o.until_ms.is_some() => self.resolve(Some(o), unix_ms()),
+            o => self.resolve(o, 0),
+        }
+    }
+
+    /// The key's policy at `now_ms`.
+    pub fn lookup_at(&self, key: &Fingerprint, now_ms: u64) -> Resolved {
+        self.resolve(self.overrides.get(key), now_ms)
+    }
+
+    fn resolve(&self, o: Option<&Override>, now_ms: u64) -> Resolved {
+        match o {
+            Some(o) if !o.has_ended(now_ms) => {
+                Resolved { policy: o.policy.clone(), alias: o.alias.clone(), overridden: true }
+            }
+            Some(o) => match &o.then {
+                Some(then) => Resolved { policy: then.clone(), alias: o.alias.clone(), overridden: true },
+                None => Resolved { policy: self.default.clone(), alias: o.alias.clone(), overridden: false },
+            },
             None => Resolved { policy: self.default.clone(), alias: None, overridden: false },
         }
     }
+}
+
+/// The wall clock in Unix ms (an override's end is a date).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The live policy set, shared by every request and replaceable at run time
@@ -266,7 +307,7 @@ mod tests {
         let partner = Arc::new(Policy::new("partner", Limits::single(1000, Duration::from_secs(60)).unwrap()));
         let fp = Fingerprint::from_bytes([7; 16]);
         let mut policies = Policies::uniform(default.clone());
-        policies.overrides.insert(fp, Override { policy: partner.clone(), alias: Some("acme".into()) });
+        policies.overrides.insert(fp, Override::new(partner.clone(), Some("acme".into())));
         let shared = SharedPolicies::new(policies);
         let resolved = shared.lookup(&fp);
         assert_eq!((resolved.policy, resolved.alias.as_deref(), resolved.overridden), (partner, Some("acme"), true));

@@ -3,6 +3,7 @@
 //! No metric is labelled with a raw key; per-key series exist only for the top K
 //! throttled keys.
 
+mod grpc;
 mod sketch;
 mod throttled;
 
@@ -13,6 +14,7 @@ use ::metrics::{Counter, Gauge, Histogram};
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use grpc::{grpc_call, grpc_method};
 pub use throttled::{ThrottleOptions, Throttled};
 
 use crate::domain::FailureMode;
@@ -32,6 +34,8 @@ pub const BREAKER_OPEN: &str = "ratelimitd_circuit_breaker_open";
 pub const REPLICAS: &str = "ratelimitd_replicas";
 pub const GRPC_CALLS: &str = "ratelimitd_grpc_calls_total";
 pub const BUILD_INFO: &str = "ratelimitd_build_info";
+pub const OVERRIDES: &str = "ratelimitd_overrides";
+pub const OVERRIDE_CHANGES: &str = "ratelimitd_override_changes_total";
 pub const OWED: &str = "ratelimitd_fallback_admissions_unrecorded";
 pub const OWED_DONE: &str = "ratelimitd_fallback_admissions_total";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
@@ -60,6 +64,8 @@ pub const ALL: &[&str] = &[
     REPLICAS,
     GRPC_CALLS,
     BUILD_INFO,
+    OVERRIDES,
+    OVERRIDE_CHANGES,
     BREAKER_OPEN,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
@@ -144,6 +150,11 @@ fn describe() {
     );
     describe_gauge!(BUILD_INFO, "1, labelled with the version of ratelimitd running.");
     process().describe();
+    describe_gauge!(OVERRIDES, "Overrides of the limits file in force (those whose `until` has passed excluded).");
+    describe_counter!(
+        OVERRIDE_CHANGES,
+        "Overrides that started or ended, by change (started, ended): by a reload, or at their `until`."
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     start_at_zero();
     describe_gauge!(
@@ -213,7 +224,7 @@ pub fn fallback(mode: FailureMode, consume: bool) {
 /// alerts see them before the first event (per-key series excepted).
 fn start_at_zero() {
     hot();
-    for method in GRPC_METHODS.iter().map(|(_, name)| *name) {
+    for method in grpc::METHODS.iter().map(|(_, name)| *name) {
         counter!(GRPC_CALLS, "method" => method, "code" => "OK").increment(0);
     }
     for field in ["key_id", "cost"] {
@@ -228,6 +239,19 @@ fn start_at_zero() {
         }
     }
     gauge!(BREAKER_OPEN).set(0.0);
+    for change in ["started", "ended"] {
+        counter!(OVERRIDE_CHANGES, "change" => change).increment(0);
+    }
+}
+
+/// `count` overrides are in force.
+pub fn overrides(count: usize) {
+    gauge!(OVERRIDES).set(count as f64);
+}
+
+/// An override started (`true`) or ended.
+pub fn override_change(started: bool) {
+    counter!(OVERRIDE_CHANGES, "change" => if started { "started" } else { "ended" }).increment(1);
 }
 
 /// The process's CPU, memory, threads and file descriptors (`process_*`, as Prometheus's
@@ -240,47 +264,6 @@ fn process() -> &'static metrics_process::Collector {
 /// Updates the process metrics: before each scrape.
 pub fn collect_process() {
     process().collect();
-}
-
-/// The `method` label of each gRPC method served; any other path is `unknown`.
-const GRPC_METHODS: &[(&str, &str)] = &[
-    ("/ratelimit.v1.RateLimiter/CheckAndConsume", "CheckAndConsume"),
-    ("/ratelimit.v1.RateLimiter/Peek", "Peek"),
-    ("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit", "ShouldRateLimit"),
-    ("/grpc.health.v1.Health/Check", "HealthCheck"),
-    ("/grpc.health.v1.Health/Watch", "HealthWatch"),
-    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "Reflection"),
-    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "Reflection"),
-];
-
-/// The `method` label of a gRPC request path.
-pub fn grpc_method(path: &str) -> &'static str {
-    GRPC_METHODS.iter().find(|(p, _)| *p == path).map_or("unknown", |(_, name)| name)
-}
-
-/// One gRPC call answered with status `code` (its number).
-pub fn grpc_call(method: &'static str, code: i32) {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    let code = usize::try_from(code).ok().and_then(|c| CODES.get(c)).copied().unwrap_or("UNKNOWN");
-    counter!(GRPC_CALLS, "method" => method, "code" => code).increment(1);
 }
 
 /// The local failure mode divides each limit among `replicas`.

@@ -220,7 +220,7 @@ impl TestServer {
 
     pub fn set_policy(&self, key_id: &str, policy: Policy) {
         let mut policies = (*self.policies().current()).clone();
-        let entry = Override { policy: policy.into(), alias: None };
+        let entry = Override::new(policy.into(), None);
         policies.overrides.insert(self.fingerprint(key_id), entry);
         self.policies().replace(policies);
     }

@@ -134,8 +134,11 @@ impl File {
             .0
             .into_iter()
             .map(|(FingerprintKey(key), o)| {
-                let policy = named.get(&o.policy).cloned().unwrap_or_else(|| default.clone());
-                (key, Override { policy, alias: o.alias.map(Into::into) })
+                let find = |name: &str| named.get(name).cloned().unwrap_or_else(|| default.clone());
+                let mut entry = Override::new(find(&o.policy), o.alias.map(Into::into));
+                entry.until_ms = o.until_ms;
+                entry.then = o.then.as_deref().map(find);
+                (key, entry)
             })
             .collect();
         Policies { default, overrides }
@@ -201,10 +204,13 @@ impl<'de> Deserialize<'de> for PolicyBody {
     }
 }
 
-/// An override's body: which policy, and an optional alias.
+/// An override's body: which policy, an optional alias, and optionally until when (then
+/// which policy).
 struct OverrideBody {
     policy: String,
     alias: Option<String>,
+    until_ms: Option<u64>,
+    then: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -212,27 +218,55 @@ struct OverrideBody {
 struct RawOverride {
     policy: String,
     alias: Option<String>,
+    until: Option<String>,
+    then: Option<String>,
 }
 
 impl TryFrom<RawOverride> for OverrideBody {
     type Error = String;
 
     fn try_from(raw: RawOverride) -> Result<Self, String> {
-        let known = KNOWN_POLICIES.with(|known| raw.policy == DEFAULT_POLICY || known.borrow().contains(&raw.policy));
-        if !known {
-            let defined = KNOWN_POLICIES.with(|known| known.borrow().iter().cloned().collect::<Vec<_>>().join(", "));
-            return Err(format!("policy `{}` is not defined under `policies` (defined: {defined})", raw.policy));
-        }
+        check_known(&raw.policy)?;
         if let Some(alias) = &raw.alias {
             check_alias(alias)?;
         }
-        Ok(Self { policy: raw.policy, alias: raw.alias })
+        let until_ms = raw.until.as_deref().map(until).transpose()?;
+        match (&raw.then, until_ms) {
+            (Some(_), None) => return Err("`then` is the policy after `until`: give `until` too".into()),
+            (Some(then), Some(_)) => check_known(then)?,
+            _ => {}
+        }
+        Ok(Self { policy: raw.policy, alias: raw.alias, until_ms, then: raw.then })
     }
+}
+
+/// Refuses a policy name that is neither `default` nor defined under `policies`.
+fn check_known(policy: &str) -> Result<(), String> {
+    let known = KNOWN_POLICIES.with(|known| policy == DEFAULT_POLICY || known.borrow().contains(policy));
+    if known {
+        return Ok(());
+    }
+    let defined = KNOWN_POLICIES.with(|known| known.borrow().iter().cloned().collect::<Vec<_>>().join(", "));
+    Err(format!("policy `{policy}` is not defined under `policies` (defined: {defined})"))
+}
+
+/// An override's end, `until`: an RFC 3339 time in UTC, still to come (one already past
+/// would describe nothing: remove it).
+fn until(text: &str) -> Result<u64, String> {
+    let at = humantime::parse_rfc3339(text)
+        .map_err(|e| format!("until `{text}` is not a time ({e}): use RFC 3339 in UTC, e.g. 2027-01-31T00:00:00Z"))?;
+    let ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    if ms <= crate::domain::unix_ms() {
+        return Err(format!("until `{text}` has passed: remove the override, or give it a later end"));
+    }
+    Ok(ms)
 }
 
 impl<'de> Deserialize<'de> for OverrideBody {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(Validated::<RawOverride, Self>::new("an override: `policy` and an optional `alias`"))
+        d.deserialize_map(Validated::<RawOverride, Self>::new(
+            "an override: `policy`, an optional `alias`, and optionally `until` (then `then`)",
+        ))
     }
 }
 
@@ -311,6 +345,18 @@ mod tests {
                 "line",
             ),
             ("default: [1, 2]\n", "expected a policy", "line 1"),
+            (&format!("overrides:\n  {FP}:\n    policy: default\n    until: tomorrow\n"), "is not a time", "line 3"),
+            (
+                &format!("overrides:\n  {FP}:\n    policy: default\n    until: 2020-01-31T00:00:00Z\n"),
+                "has passed",
+                "line 3",
+            ),
+            (&format!("overrides:\n  {FP}:\n    policy: default\n    then: default\n"), "give `until` too", "line 3"),
+            (
+                &format!("overrides:\n  {FP}:\n    policy: default\n    until: 2999-01-01T00:00:00Z\n    then: nope\n"),
+                "policy `nope` is not defined",
+                "line 3",
+            ),
             ("default:\n  limit: 5\n  window: 1s\n  failure: maybe\n", "unknown variant `maybe`", "line 4"),
             ("default:\n  limit: 5\n   window: 1s\n", "default.limit", "line 2"),
         ];
@@ -319,6 +365,21 @@ mod tests {
             assert!(message.contains(what) && message.contains(line), "{text:?}: {message}");
             assert!(!message.contains("sk_live_123"), "a raw key was echoed: {message}");
         }
+    }
+
+    #[test]
+    fn an_override_may_end_at_a_time_and_name_the_policy_after() {
+        let text = format!(
+            "policies:\n  raised:\n    limit: 3000\n    window: 1m\n  gold:\n    limit: 1000\n    window: 1m\n\
+             overrides:\n  {FP}:\n    policy: raised\n    until: 2999-01-31T00:00:00Z\n    then: gold\n"
+        );
+        let policies = parse(&text, &default_policy()).unwrap();
+        let key = Fingerprint::from_hex(FP).unwrap();
+        let end = policies.overrides[&key].until_ms.unwrap();
+        assert_eq!(end, 32_474_736_000_000, "2999-01-31T00:00:00Z");
+        assert_eq!(&*policies.lookup_at(&key, end - 1).policy.name, "raised");
+        assert_eq!(&*policies.lookup_at(&key, end).policy.name, "gold");
+        assert_eq!(&*policies.lookup(&key).policy.name, "raised", "now, before its end");
     }
 
     #[test]
