@@ -17,7 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::grpc::codec::Codec")
         .file_descriptor_set_path(out.join("ratelimit_descriptor.bin"))
         .compile_protos(
-            &[PathBuf::from("proto/ratelimit/v1/ratelimit.proto"), "proto/envoy/service/ratelimit/v3/rls.proto".into()],
+            &[
+                PathBuf::from("proto/ratelimit/v1/ratelimit.proto"),
+                "proto/ratelimit/admin/v1/admin.proto".into(),
+                "proto/envoy/service/ratelimit/v3/rls.proto".into(),
+            ],
             // Envoy's protos import Google's well-known types, which protoc-bin-vendored ships.
             &[PathBuf::from("proto"), well_known],
         )?;

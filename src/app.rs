@@ -36,6 +36,8 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// The HTTP API's; `None` serves none.
     pub http: Option<TcpListener>,
+    /// The admin service's (`--admin-listen`); `None` serves none.
+    pub admin: Option<TcpListener>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets in-flight calls
@@ -62,14 +64,14 @@ pub async fn run(
         StoreConfig::Memory => {
             tracing::warn!("no --redis-url: using the in-process store, so limits are per process, not shared");
             let limiter = limiter(MemoryStore::new(), &config, throttled);
-            serve(limiter, listeners.grpc, listeners.http, &config, &drain).await
+            serve(limiter, listeners.grpc, listeners.http, listeners.admin, &config, &drain).await
         }
         StoreConfig::Redis(options) => {
             let mut limiter = limiter(redis_store(options.clone()).await?, &config, throttled);
             if config.deny_cache {
                 limiter = limiter.with_deny_cache();
             }
-            serve(limiter, listeners.grpc, listeners.http, &config, &drain).await
+            serve(limiter, listeners.grpc, listeners.http, listeners.admin, &config, &drain).await
         }
     };
     if let Some(endpoint) = endpoint {
@@ -138,6 +140,7 @@ async fn serve<S: Store>(
     limiter: Limiter<S>,
     grpc: TcpListener,
     http: Option<TcpListener>,
+    admin: Option<TcpListener>,
     config: &Config,
     drain: &Drain,
 ) -> Result<(), AppError> {
@@ -149,6 +152,14 @@ async fn serve<S: Store>(
     let http = http.map(|listener| {
         let router = crate::http::router(limiter.clone(), config.http_key_header.clone());
         tokio::spawn(server::http::serve(listener, router, drain.clone()))
+    });
+    let _admin = admin.zip(config.admin.clone()).map(|(listener, admin)| {
+        let (limiter, closing) = (limiter.clone(), drain.closing());
+        Task::spawn(async move {
+            if let Err(e) = server::admin::serve(listener, limiter, &admin, closing).await {
+                tracing::error!(error = %e, "the admin service stopped");
+            }
+        })
     });
     let grpc = async {
         let served = server::serve(grpc, limiter, config, drain).await;

@@ -19,6 +19,15 @@ async fn main() -> ExitCode {
     let cli = match commands::parse() {
         Next::Serve(cli) => cli,
         Next::Probe(target, service) => return ratelimitd::grpc::probe(&target, &service).await,
+        Next::Admin(ask) => {
+            let key = match (ask.key_id, ask.fingerprint) {
+                (Some(key_id), _) => ratelimitd::grpc::admin::pb::key_request::Key::KeyId(key_id),
+                (None, fingerprint) => {
+                    ratelimitd::grpc::admin::pb::key_request::Key::Fingerprint(fingerprint.unwrap_or_default())
+                }
+            };
+            return ratelimitd::grpc::admin::ask(ask.explain, &ask.target, &ask.token, key).await;
+        }
         Next::Exit(code) => return code,
     };
     let config = match Config::from_cli(*cli) {
@@ -49,5 +58,9 @@ async fn bind(config: &Config) -> Result<Listeners, String> {
         Some(addr) => Some(bind("--http-listen", addr).await?),
         None => None,
     };
-    Ok(Listeners { grpc, metrics: Some(metrics), http })
+    let admin = match &config.admin {
+        Some(admin) => Some(bind("--admin-listen", admin.listen).await?),
+        None => None,
+    };
+    Ok(Listeners { grpc, metrics: Some(metrics), http, admin })
 }

@@ -30,6 +30,17 @@ pub struct Cli {
     #[arg(long, help_heading = "Serving", env = "RATELIMITD_HTTP_LISTEN", value_parser = parse_address)]
     pub http_listen: Option<SocketAddr>,
 
+    /// Address of the support desk's admin service (ratelimit.admin.v1.Admin: Inspect and
+    /// Explain a key's history). Off unless given; needs --admin-tokens-file. Keep it off the
+    /// gateways' network.
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_ADMIN_LISTEN", value_parser = parse_address)]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// File of the admin service's callers: one `name token` per line (tokens of at least 16
+    /// bytes); a call needs `authorization: Bearer <token>`, and its log line names the caller.
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_ADMIN_TOKENS_FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
+
     /// The request header holding the API key for forward authentication (/v1/auth).
     #[arg(long, help_heading = "Serving", env = "RATELIMITD_HTTP_KEY_HEADER", default_value = "x-api-key")]
     pub http_key_header: String,
@@ -267,6 +278,13 @@ pub enum Command {
     /// Asks a running ratelimitd's gRPC health service whether it serves: exit 0 if it
     /// answers SERVING, 1 otherwise (NOT_SERVING, or no answer within 5 s). For `helm test`
     /// and probes in an image without a shell; plaintext only.
+    /// Asks a running ratelimitd's admin service (--admin-listen) about one key: `inspect`
+    /// (its policy, and per window what is counted and left) or `explain` (the requests
+    /// inside its longest window). The raw key is read from a file, never from the command line.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     Probe {
         /// host:port of its gRPC listener.
         target: String,
@@ -276,6 +294,30 @@ pub enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum AdminAction {
+    /// The key's policy and, for each window, the units counted and left and when they free.
+    Inspect(AdminArgs),
+    /// The times and costs of the requests inside the key's longest window, oldest first.
+    Explain(AdminArgs),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct AdminArgs {
+    /// host:port of the admin service (--admin-listen).
+    #[arg(long)]
+    pub target: String,
+    /// File holding the bearer token (a token of the service's --admin-tokens-file).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// File holding the raw API key, or - for stdin (a final line break is not part of it).
+    #[arg(long, required_unless_present = "fingerprint", conflicts_with = "fingerprint")]
+    pub key_file: Option<PathBuf>,
+    /// The key's fingerprint (32 hex digits), as logs and metrics show it.
+    #[arg(long)]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

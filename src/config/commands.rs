@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use super::cli::{Cli, Command};
+use super::cli::{AdminAction, Cli, Command};
 use super::{ConfigError, fingerprint, limits};
 use crate::domain::{Policies, Policy};
 
@@ -16,6 +16,8 @@ pub enum Next {
     Serve(Box<Cli>),
     /// `ratelimitd probe TARGET`: a gRPC client, which this floor does not hold.
     Probe(String, String),
+    /// `ratelimitd admin inspect|explain`: the admin service's client, with what it read.
+    Admin(AdminAsk),
     Exit(ExitCode),
 }
 
@@ -35,6 +37,10 @@ pub fn parse() -> Next {
         Some(Command::Fingerprint) => Next::Exit(print_fingerprint(&cli)),
         Some(Command::CheckLimits { file }) => Next::Exit(check_limits(&cli, file)),
         Some(Command::Probe { target, service }) => Next::Probe(target.clone(), service.clone()),
+        Some(Command::Admin { action }) => match admin_ask(action) {
+            Ok(ask) => Next::Admin(ask),
+            Err(message) => Next::Exit(fail(&message)),
+        },
     }
 }
 
@@ -115,4 +121,34 @@ pub fn summary(policies: &Policies) -> String {
         named.len(),
         policies.overrides.len()
     )
+}
+
+/// One question for the admin service, its inputs read: the token and the key never come
+/// from the command line.
+#[derive(Debug, Clone)]
+pub struct AdminAsk {
+    pub explain: bool,
+    pub target: String,
+    pub token: String,
+    /// The raw key, or else the fingerprint.
+    pub key_id: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+fn admin_ask(action: &AdminAction) -> Result<AdminAsk, String> {
+    let (explain, args) = match action {
+        AdminAction::Inspect(args) => (false, args),
+        AdminAction::Explain(args) => (true, args),
+    };
+    let read = |path: &Path, flag: &str| -> Result<String, String> {
+        let text = if path == Path::new("-") {
+            std::io::read_to_string(std::io::stdin()).map_err(|e| format!("{flag} -: {e}"))?
+        } else {
+            std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?
+        };
+        Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
+    };
+    let token = read(&args.token_file, "--token-file")?.trim().to_owned();
+    let key_id = args.key_file.as_deref().map(|path| read(path, "--key-file")).transpose()?;
+    Ok(AdminAsk { explain, target: args.target.clone(), token, key_id, fingerprint: args.fingerprint.clone() })
 }

@@ -2,6 +2,7 @@
 //! ([`limits`]) and its hot reload ([`reload`]), and the validated [`Config`], built
 //! once from them; the rest of the code trusts it.
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod limits;
@@ -32,6 +33,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// The HTTP API's address; `None` serves none.
     pub http_listen: Option<SocketAddr>,
+    /// The support desk's admin service, if `--admin-listen` is given.
+    pub admin: Option<admin::AdminConfig>,
     /// The header forward authentication reads the API key from.
     pub http_key_header: HeaderName,
     pub store: StoreConfig,
@@ -150,6 +153,8 @@ pub enum ConfigError {
     FingerprintSecret,
     #[error("fingerprint: {0}")]
     FingerprintInput(String),
+    #[error("{0}")]
+    Admin(String),
 }
 
 impl Config {
@@ -215,6 +220,7 @@ impl Config {
             worker_threads,
             metrics_listen: cli.metrics_listen,
             http_listen: cli.http_listen,
+            admin: admin::admin(&cli)?,
             http_key_header,
             store,
             policies: SharedPolicies::new(policies),

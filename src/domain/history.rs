@@ -123,6 +123,23 @@ impl History {
         }
     }
 
+    /// The requests held at `now_ms`, oldest first, as (Unix ms, units): nothing once the
+    /// history has expired.
+    pub fn requests(&self, now_ms: u64) -> Vec<(u64, u64)> {
+        if self.is_expired(now_ms) {
+            return Vec::new();
+        }
+        let mut before = self.base;
+        self.entries
+            .iter()
+            .map(|&(t, through)| {
+                let units = through - before;
+                before = through;
+                (t, units)
+            })
+            .collect()
+    }
+
     /// How many entries are held (one per counted millisecond inside the window).
     pub fn len(&self) -> usize {
         self.entries.len()

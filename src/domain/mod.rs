@@ -5,6 +5,7 @@
 mod decision;
 mod fingerprint;
 mod history;
+pub mod inspect;
 pub mod oracle;
 mod policy;
 mod validation;

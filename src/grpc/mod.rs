@@ -2,6 +2,7 @@
 //! `RateLimitService`, health and reflection, and the one place where domain
 //! decisions and errors become protobuf messages and statuses.
 
+pub mod admin;
 pub mod codec;
 pub mod envoy;
 mod health;

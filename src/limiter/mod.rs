@@ -5,6 +5,7 @@
 
 mod breaker;
 mod deny_cache;
+pub mod desk;
 mod failure;
 pub mod headers;
 pub mod housekeeping;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::domain::{MAX_KEY_ID_BYTES, WindowCheck};
-use crate::store::{Admitted, MemoryStore};
+use crate::store::{Admitted, Held, MemoryStore};
 
 fn limiter(limit: u32) -> Limiter<MemoryStore> {
     let policy = Policy::default_with(limit, Duration::from_secs(60)).unwrap();
@@ -61,6 +61,10 @@ impl Store for Flaky {
 
     async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         Ok(vec![Ok(()); admitted.len()])
+    }
+
+    async fn requests(&self, _: &Fingerprint) -> Result<Held, StoreError> {
+        Ok(Held::default())
     }
 }
 
@@ -132,6 +136,10 @@ impl Store for Leaves {
     async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         Ok(vec![Ok(()); admitted.len()])
     }
+
+    async fn requests(&self, _: &Fingerprint) -> Result<Held, StoreError> {
+        Ok(Held::default())
+    }
 }
 
 /// The local failure mode continues from what the store last said, not from an empty
@@ -187,6 +195,11 @@ impl Store for Switched {
     async fn record_admitted(&self, admitted: &[Admitted]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         self.up()?;
         self.store.record_admitted(admitted).await
+    }
+
+    async fn requests(&self, key: &Fingerprint) -> Result<Held, StoreError> {
+        self.up()?;
+        self.store.requests(key).await
     }
 }
 

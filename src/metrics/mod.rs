@@ -239,6 +239,7 @@ fn start_at_zero() {
         }
     }
     gauge!(BREAKER_OPEN).set(0.0);
+    gauge!(OVERRIDES).set(0.0);
     for change in ["started", "ended"] {
         counter!(OVERRIDE_CHANGES, "change" => change).increment(0);
     }

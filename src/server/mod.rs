@@ -3,6 +3,7 @@
 //! store, the `/metrics` endpoint ([`metrics_endpoint`]), and the one shutdown type
 //! ([`drain`]).
 
+pub mod admin;
 pub mod calls;
 pub mod drain;
 pub mod http;

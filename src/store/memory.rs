@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Admitted, KeyCheck, Store, StoreError};
+use super::{Admitted, Held, KeyCheck, Store, StoreError};
 use crate::domain::{Decision, Fingerprint, History, Limits, Mode};
 use crate::sync::lock;
 
@@ -82,6 +82,12 @@ impl Store for MemoryStore {
             lock(self.shard(&a.key)).entry(a.key).or_default().record_admitted(now, at, &a.limits, a.cost);
         }
         Ok(vec![Ok(()); admitted.len()])
+    }
+
+    async fn requests(&self, key: &Fingerprint) -> Result<Held, StoreError> {
+        let at_ms = now_ms();
+        let requests = lock(self.shard(key)).get(key).map(|h| h.requests(at_ms)).unwrap_or_default();
+        Ok(Held { at_ms, requests })
     }
 
     /// Drops every key whose history has left its window, so memory stays bounded

@@ -56,6 +56,10 @@ pub trait Store: Send + Sync + 'static {
         async { Ok(None) }
     }
 
+    /// The requests `key` holds, oldest first, as (Unix ms, units), and the store's time of
+    /// the reading: one read, no write (the support desk's Inspect and Explain).
+    fn requests(&self, key: &Fingerprint) -> impl Future<Output = Result<Held, StoreError>> + Send;
+
     /// Where the store is, for log lines: `host:port`s, never a secret.
     fn endpoint(&self) -> String {
         "in-process".into()
@@ -100,6 +104,15 @@ pub struct KeyCheck<'a> {
     pub limits: &'a Limits,
     pub cost: u32,
     pub mode: Mode,
+}
+
+/// What a key's history holds ([`Store::requests`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// The store's time of the reading (Unix ms).
+    pub at_ms: u64,
+    /// (Unix ms, units), oldest first.
+    pub requests: Vec<(u64, u64)>,
 }
 
 /// A request a failure mode admitted `age` ago ([`Store::record_admitted`]).

@@ -162,6 +162,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The HTTP API's address, for a server started with [`TestServer::start_with_http`].
     pub http: Option<SocketAddr>,
+    /// The admin service's address, for a config with `--admin-listen`.
+    pub admin: Option<SocketAddr>,
     config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
@@ -189,9 +191,15 @@ impl TestServer {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let listeners = app::Listeners { grpc: listener, metrics: None, http };
+        // The admin service, when the config asks for one, on a port of its own.
+        let admin = match &config.admin {
+            Some(_) => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")),
+            None => None,
+        };
+        let admin_addr = admin.as_ref().map(|l| l.local_addr().expect("local addr"));
+        let listeners = app::Listeners { grpc: listener, metrics: None, http, admin };
         let task = tokio::spawn(app::run(listeners, config.clone(), shutdown));
-        Self { addr, http: http_addr, config, stop: Some(stop), task }
+        Self { addr, http: http_addr, admin: admin_addr, config, stop: Some(stop), task }
     }
 
     pub async fn client(&self) -> Client {

@@ -13,6 +13,7 @@ mod batch;
 mod clock;
 mod connect;
 mod lanes;
+mod layout;
 pub mod options;
 pub mod script;
 
@@ -26,7 +27,7 @@ use self::connect::Pools;
 use self::lanes::Lanes;
 pub use self::options::{RedisEndpoint, RedisOptions, RedisTls};
 use self::script::{Check, Owed, Reply, decode};
-use super::{Admitted, KeyCheck, Store, StoreError, peek_then_count};
+use super::{Admitted, Held, KeyCheck, Store, StoreError, peek_then_count};
 use crate::domain::{Decision, Fingerprint, Limits, Mode};
 use crate::metrics;
 
@@ -224,6 +225,26 @@ impl Store for RedisStore {
             pipe.cmd("ZCARD").arg(&name);
             let (count,): (u32,) = pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
             Ok(Some(count))
+        };
+        lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
+    }
+
+    /// The key's value and Redis's time, read in one pipeline (nothing written), decoded by
+    /// `layout`.
+    async fn requests(&self, key: &Fingerprint) -> Result<Held, StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.control_lane();
+        let name = self.key_name(key);
+        let call = async {
+            let mut conn = lanes.connection(lane).await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(&name).cmd("TIME");
+            let (value, (seconds, micros)): (Option<Vec<u8>>, (u64, u64)) =
+                pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
+            let at_ms = seconds * 1000 + micros / 1000;
+            let requests = layout::requests(&value.unwrap_or_default(), at_ms)
+                .map_err(|why| StoreError::Failed(format!("key {}: {why}", String::from_utf8_lossy(&name))))?;
+            Ok(Held { at_ms, requests })
         };
         lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }

@@ -1,0 +1,63 @@
+//! The support desk's admin service (`--admin-listen`): off unless given, and then only for
+//! callers with a token of `--admin-tokens-file`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::ConfigError;
+use super::cli::Cli;
+
+/// The shortest token accepted: a guessable one would open the desk to anyone.
+const MIN_TOKEN_BYTES: usize = 16;
+
+/// Where the admin service listens and who may call it.
+#[derive(Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// (name, token): the name is the actor of the calls made with the token.
+    pub tokens: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.tokens.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("AdminConfig").field("listen", &self.listen).field("token_names", &names).finish()
+    }
+}
+
+pub(super) fn admin(cli: &Cli) -> Result<Option<AdminConfig>, ConfigError> {
+    match (cli.admin_listen, &cli.admin_tokens_file) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ConfigError::Admin("--admin-tokens-file needs --admin-listen".into())),
+        (Some(_), None) => Err(ConfigError::Admin(
+            "--admin-listen needs --admin-tokens-file: the admin service serves only callers with a token".into(),
+        )),
+        (Some(listen), Some(path)) => Ok(Some(AdminConfig { listen, tokens: tokens(path)? })),
+    }
+}
+
+/// `--admin-tokens-file`: one `name token` per line; blank lines and `#` comments ignored.
+fn tokens(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
+    let fail = |why: String| ConfigError::Admin(format!("--admin-tokens-file {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let mut tokens: Vec<(String, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, token) = line.split_once(char::is_whitespace).map(|(a, b)| (a, b.trim())).unwrap_or((line, ""));
+        if token.len() < MIN_TOKEN_BYTES || token.contains(char::is_whitespace) {
+            return Err(fail(format!(
+                "line {n}: need `name token`, the token at least {MIN_TOKEN_BYTES} bytes, no spaces"
+            )));
+        }
+        if tokens.iter().any(|(other, _)| other == name) {
+            return Err(fail(format!("line {n}: the name {name:?} is given twice")));
+        }
+        tokens.push((name.to_owned(), token.to_owned()));
+    }
+    if tokens.is_empty() {
+        return Err(fail("it holds no token".into()));
+    }
+    Ok(tokens)
+}

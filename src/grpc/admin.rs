@@ -1,0 +1,220 @@
+//! `ratelimit.admin.v1.Admin`, the support desk's service (on its own listener, see
+//! `--admin-listen`): Inspect and Explain read a key's exact history without counting
+//! anything. Every call needs `authorization: Bearer <token>`, a token of
+//! `--admin-tokens-file`, whose name is the actor of the call's log line.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::to_status;
+use crate::domain::Fingerprint;
+use crate::limiter::Limiter;
+use crate::limiter::desk::Inspection;
+use crate::store::Store;
+
+pub mod pb {
+    tonic::include_proto!("ratelimit.admin.v1");
+}
+
+use pb::admin_server::{Admin, AdminServer};
+use pb::key_request::Key;
+use pb::{CountedRequest, ExplainResponse, InspectResponse, KeyRequest, WindowState};
+
+/// The callers the desk knows: each token's SHA-256, to the name it acts under.
+#[derive(Clone)]
+pub struct Tokens(Arc<HashMap<[u8; 32], Arc<str>>>);
+
+impl Tokens {
+    /// From (name, token) pairs, as `--admin-tokens-file` lists them.
+    pub fn new(entries: &[(String, String)]) -> Self {
+        let map = entries.iter().map(|(name, token)| (Sha256::digest(token.as_bytes()).into(), name.as_str().into()));
+        Self(Arc::new(map.collect()))
+    }
+
+    /// The interceptor that refuses a call without a known token, and records its actor.
+    fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("the admin service needs `authorization: Bearer <token>` (--admin-tokens-file)")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))?;
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let actor = self
+            .0
+            .get(&digest)
+            .cloned()
+            .ok_or_else(|| Status::permission_denied("this token is not one of --admin-tokens-file"))?;
+        request.extensions_mut().insert(Actor(actor));
+        Ok(request)
+    }
+}
+
+/// Who made an admin call: its token's name.
+#[derive(Clone)]
+struct Actor(Arc<str>);
+
+pub struct AdminService<S> {
+    limiter: Arc<Limiter<S>>,
+}
+
+/// The service behind its token check, ready to serve.
+pub fn server<S: Store>(
+    limiter: Arc<Limiter<S>>,
+    tokens: Tokens,
+) -> tonic::service::interceptor::InterceptedService<
+    AdminServer<AdminService<S>>,
+    impl tonic::service::Interceptor + Clone,
+> {
+    AdminServer::with_interceptor(AdminService { limiter }, move |request| tokens.check(request))
+}
+
+impl<S: Store> AdminService<S> {
+    /// The key a request names, read (`method`: for the log line, with the actor).
+    async fn read(&self, method: &str, request: Request<KeyRequest>) -> Result<Inspection, Status> {
+        let actor = request.extensions().get::<Actor>().map(|a| a.0.clone()).unwrap_or_else(|| "?".into());
+        let (key, by_fingerprint) = match request.into_inner().key {
+            Some(Key::KeyId(key_id)) => (self.limiter.fingerprint_of(&key_id).map_err(to_status)?, false),
+            Some(Key::Fingerprint(hex)) => {
+                // Not echoed: a raw key pasted here by mistake must not travel back or be logged.
+                let key = Fingerprint::from_hex(&hex).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "fingerprint is not 32 hex digits (got {} characters)",
+                        hex.chars().count()
+                    ))
+                })?;
+                (key, true)
+            }
+            None => return Err(Status::invalid_argument("name the key: key_id or fingerprint")),
+        };
+        let inspection = self.limiter.inspect(key).await.map_err(to_status)?;
+        if by_fingerprint && inspection.held.requests.is_empty() && !inspection.listed {
+            return Err(Status::not_found(format!("fingerprint {key} has no history and no override")));
+        }
+        tracing::info!(audit = "admin read", method, actor = %actor, key = %key, "support desk read");
+        Ok(inspection)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> Admin for AdminService<S> {
+    async fn inspect(&self, request: Request<KeyRequest>) -> Result<Response<InspectResponse>, Status> {
+        let i = self.read("Inspect", request).await?;
+        let windows = i
+            .windows
+            .iter()
+            .map(|w| WindowState {
+                limit: w.limit,
+                window_ms: w.window_ms,
+                counted: u32::try_from(w.counted).unwrap_or(u32::MAX),
+                remaining: u32::try_from(w.remaining).unwrap_or(u32::MAX),
+                next_free_unix_ms: w.next_free_ms,
+                empty_unix_ms: w.empty_ms,
+            })
+            .collect();
+        Ok(Response::new(InspectResponse {
+            fingerprint: i.key.to_string(),
+            alias: i.resolved.alias.as_deref().unwrap_or_default().to_owned(),
+            policy: i.resolved.policy.name.to_string(),
+            overridden: i.resolved.overridden,
+            override_until_unix_ms: i.until_ms.unwrap_or(0),
+            at_unix_ms: i.held.at_ms,
+            windows,
+        }))
+    }
+
+    async fn explain(&self, request: Request<KeyRequest>) -> Result<Response<ExplainResponse>, Status> {
+        let i = self.read("Explain", request).await?;
+        let longest = i.resolved.policy.limits.windows()[0];
+        let requests = i
+            .inside_longest()
+            .into_iter()
+            .map(|(at, units)| CountedRequest { at_unix_ms: at, cost: u32::try_from(units).unwrap_or(u32::MAX) })
+            .collect();
+        Ok(Response::new(ExplainResponse {
+            fingerprint: i.key.to_string(),
+            alias: i.resolved.alias.as_deref().unwrap_or_default().to_owned(),
+            policy: i.resolved.policy.name.to_string(),
+            at_unix_ms: i.held.at_ms,
+            requests,
+            limit: longest.limit(),
+            window_ms: longest.window_ms(),
+        }))
+    }
+}
+
+/// `ratelimitd admin inspect|explain`: asks the admin service at `target` about `key` and
+/// prints the answer for a person; exit 0, or 1 with one line saying why there is none.
+pub async fn ask(explain: bool, target: &str, token: &str, key: Key) -> std::process::ExitCode {
+    match ask_and_print(explain, target, token, key).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("ratelimitd: admin: {why}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn ask_and_print(explain: bool, target: &str, token: &str, key: Key) -> Result<(), String> {
+    use pb::admin_client::AdminClient;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| format!("{target} is not host:port: {e}"))?
+        .timeout(std::time::Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot".to_owned())?;
+    let mut client = AdminClient::with_interceptor(channel, move |mut request: Request<()>| {
+        request.metadata_mut().insert("authorization", bearer.clone());
+        Ok(request)
+    });
+    let request = KeyRequest { key: Some(key) };
+    let refused = |status: Status| format!("{:?}: {}", status.code(), status.message());
+    if explain {
+        let r = client.explain(request).await.map_err(refused)?.into_inner();
+        println!("{}", heading(&r.fingerprint, &r.alias, &r.policy, r.at_unix_ms));
+        let units: u64 = r.requests.iter().map(|q| u64::from(q.cost)).sum();
+        println!(
+            "{} requests, {units} units in the last {} (limit {}):",
+            r.requests.len(),
+            humantime::format_duration(std::time::Duration::from_millis(r.window_ms)),
+            r.limit
+        );
+        for q in &r.requests {
+            println!("  {}  cost {}", time(q.at_unix_ms), q.cost);
+        }
+    } else {
+        let r = client.inspect(request).await.map_err(refused)?.into_inner();
+        println!("{}", heading(&r.fingerprint, &r.alias, &r.policy, r.at_unix_ms));
+        if r.overridden || r.override_until_unix_ms > 0 {
+            let until = if r.override_until_unix_ms > 0 {
+                format!(" until {}", time(r.override_until_unix_ms))
+            } else {
+                String::new()
+            };
+            println!("override{until}");
+        }
+        for w in &r.windows {
+            let length = humantime::format_duration(std::time::Duration::from_millis(w.window_ms));
+            print!("window {length}: {} of {} counted, {} left", w.counted, w.limit, w.remaining);
+            if w.counted > 0 {
+                print!("; next unit frees at {}, empty at {}", time(w.next_free_unix_ms), time(w.empty_unix_ms));
+            }
+            println!();
+        }
+    }
+    Ok(())
+}
+
+fn heading(fingerprint: &str, alias: &str, policy: &str, at: u64) -> String {
+    let alias = if alias.is_empty() { String::new() } else { format!(" ({alias})") };
+    format!("key {fingerprint}{alias}, policy {policy}, at {}", time(at))
+}
+
+fn time(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms)).to_string()
+}

@@ -1,0 +1,31 @@
+//! The support desk's admin service on its own listener (`--admin-listen`), served by the
+//! main thread's event loop until the drain closes it.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use super::ServeError;
+use crate::config::admin::AdminConfig;
+use crate::grpc::admin::{self, Tokens};
+use crate::limiter::Limiter;
+use crate::store::Store;
+
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    limiter: Arc<Limiter<S>>,
+    config: &AdminConfig,
+    closing: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let names: Vec<&str> = config.tokens.iter().map(|(name, _)| name.as_str()).collect();
+    tracing::info!(listen = %addr, callers = ?names, "admin service (Inspect, Explain) listening");
+    let service = admin::server(limiter, Tokens::new(&config.tokens));
+    Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), closing)
+        .await
+        .map_err(ServeError::from)
+}

@@ -1,0 +1,163 @@
+//! The support desk's admin service, on Redis and on the in-process store: Inspect and
+//! Explain agree with the decisions that made the history (a known timeline replayed, its
+//! allowed requests listed as the independent record, counted window by window here), read
+//! without counting anything; callers need a token, and bad input gets its status; the
+//! command-line client prints the same history, reading the key from stdin.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::process::BIN;
+use common::{Backend, TestServer, check};
+use ratelimitd::grpc::admin::pb::KeyRequest;
+use ratelimitd::grpc::admin::pb::admin_client::AdminClient;
+use ratelimitd::grpc::admin::pb::key_request::Key;
+use tonic::{Code, Request};
+
+const TOKEN: &str = "desk-token-0123456789abcdef";
+
+struct Desk {
+    server: TestServer,
+    _tokens: tempfile::NamedTempFile,
+    token_file: tempfile::NamedTempFile,
+}
+
+async fn desk(backend: &Backend) -> Desk {
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    writeln!(tokens, "# name token\nalice {TOKEN}\nbob another-token-of-bob-0001").unwrap();
+    let path = tokens.path().to_str().unwrap().to_owned();
+    let flags = ["--admin-listen", "127.0.0.1:0", "--admin-tokens-file", &path];
+    let server = TestServer::start(backend.config_with(5, "60s", &flags)).await;
+    let mut token_file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(token_file, "{TOKEN}").unwrap();
+    Desk { server, _tokens: tokens, token_file }
+}
+
+/// A call to the admin service with `token` (none: no authorization header).
+fn request(key: Key, token: Option<&str>) -> Request<KeyRequest> {
+    let mut request = Request::new(KeyRequest { key: Some(key) });
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    request
+}
+
+async fn timeline_agrees_with_inspect_and_explain(backend: Backend) {
+    let desk = desk(&backend).await;
+    let mut client = desk.server.client().await;
+    let admin_addr = desk.server.admin.expect("an admin listener");
+    let mut admin = AdminClient::connect(format!("http://{admin_addr}")).await.unwrap();
+
+    // The record: every allowed request with its time and cost, one entry per millisecond.
+    let mut allowed: Vec<(u64, u64)> = Vec::new();
+    for cost in [1, 2, 1, 3, 1, 1] {
+        let d = check(&mut client, "sk_live_partner", cost).await;
+        if d.allowed {
+            match allowed.last_mut() {
+                Some(last) if last.0 == d.decided_at_ms => last.1 += u64::from(cost),
+                _ => allowed.push((d.decided_at_ms, u64::from(cost))),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    assert_eq!(
+        allowed.iter().map(|a| a.1).sum::<u64>(),
+        5,
+        "1 + 2 + 1 + 1 of the limit of 5; the cost of 3 did not fit"
+    );
+
+    let explained =
+        admin.explain(request(Key::KeyId("sk_live_partner".into()), Some(TOKEN))).await.unwrap().into_inner();
+    let listed: Vec<(u64, u64)> = explained.requests.iter().map(|r| (r.at_unix_ms, u64::from(r.cost))).collect();
+    assert_eq!(listed, allowed, "Explain lists exactly the allowed requests, oldest first");
+    assert_eq!((explained.limit, explained.window_ms, explained.policy.as_str()), (5, 60_000, "default"));
+
+    let fingerprint = desk.server.fingerprint("sk_live_partner").to_string();
+    let inspected =
+        admin.inspect(request(Key::Fingerprint(fingerprint.clone()), Some(TOKEN))).await.unwrap().into_inner();
+    let window = &inspected.windows[0];
+    let inside: Vec<&(u64, u64)> = allowed.iter().filter(|(t, _)| t + 60_000 > inspected.at_unix_ms).collect();
+    let counted: u64 = inside.iter().map(|(_, units)| units).sum();
+    assert_eq!((u64::from(window.counted), window.remaining), (counted, 5 - counted as u32));
+    assert_eq!(window.next_free_unix_ms, inside[0].0 + 60_000, "when the oldest unit leaves");
+    assert_eq!(window.empty_unix_ms, inside.last().unwrap().0 + 60_000);
+    assert_eq!(inspected.fingerprint, fingerprint);
+    // Reading counted nothing: the key is still exactly at its limit.
+    let d = check(&mut client, "sk_live_partner", 1).await;
+    assert!(!d.allowed && d.retry_after_ms == window.next_free_unix_ms - d.decided_at_ms, "{d:?}");
+
+    // A key of cost-1 requests only (Redis keeps it in its unit format).
+    let mut units: Vec<(u64, u64)> = Vec::new();
+    for _ in 0..3 {
+        let d = check(&mut client, "sk_live_units", 1).await;
+        match units.last_mut() {
+            Some(last) if last.0 == d.decided_at_ms => last.1 += 1,
+            _ => units.push((d.decided_at_ms, 1)),
+        }
+    }
+    let explained = admin.explain(request(Key::KeyId("sk_live_units".into()), Some(TOKEN))).await.unwrap().into_inner();
+    let listed: Vec<(u64, u64)> = explained.requests.iter().map(|r| (r.at_unix_ms, u64::from(r.cost))).collect();
+    assert_eq!(listed, units);
+
+    // Bad input and missing credentials: refused with their status.
+    let missing = admin.inspect(request(Key::KeyId("k".into()), None)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated, "{missing:?}");
+    let wrong = admin.inspect(request(Key::KeyId("k".into()), Some("not-a-token-we-know-at-all"))).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    let unknown = "00112233445566778899aabbccddeeff";
+    let status = admin.inspect(request(Key::Fingerprint(unknown.into()), Some(TOKEN))).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains(unknown), "{status:?}");
+    let status = admin.explain(request(Key::Fingerprint("sk_live_partner".into()), Some(TOKEN))).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(!status.message().contains("sk_live"), "never echo what may be a raw key: {status:?}");
+    let status = admin.explain(request(Key::KeyId(String::new()), Some(TOKEN))).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    // The command-line client, the key on stdin.
+    let mut cli = Command::new(BIN)
+        .args(["admin", "explain", "--target", &admin_addr.to_string(), "--key-file", "-", "--token-file"])
+        .arg(desk.token_file.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cli.stdin.take().unwrap().write_all(b"sk_live_partner\n").unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        printed.contains(&fingerprint) && printed.contains(&format!("{} requests, 5 units", allowed.len())),
+        "{printed}"
+    );
+    assert_eq!(printed.lines().filter(|l| l.contains("  cost ")).count(), allowed.len(), "{printed}");
+    assert!(!printed.contains("sk_live"), "{printed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_the_desk_reads_the_exact_history() {
+    timeline_agrees_with_inspect_and_explain(Backend::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_redis_the_desk_reads_the_exact_history() {
+    timeline_agrees_with_inspect_and_explain(Backend::redis().await).await;
+}
+
+#[test]
+fn the_admin_service_needs_its_tokens() {
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let out = run(&["--admin-listen", "127.0.0.1:0"]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{error}");
+    assert!(error.contains("--admin-tokens-file") && error.lines().count() == 1, "{error}");
+    let mut short = tempfile::NamedTempFile::new().unwrap();
+    writeln!(short, "alice short").unwrap();
+    let out = run(&["--admin-listen", "127.0.0.1:0", "--admin-tokens-file", short.path().to_str().unwrap()]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{error}");
+    assert!(error.contains("line 1") && error.contains("16 bytes"), "{error}");
+}
