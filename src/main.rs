@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
                     ratelimitd::grpc::admin::pb::key_request::Key::Fingerprint(fingerprint.unwrap_or_default())
                 }
             };
-            return ratelimitd::grpc::admin::ask(ask.explain, &ask.target, &ask.token, key).await;
+            return ratelimitd::grpc::admin::ask(ask.what, &ask.reason, &ask.target, &ask.token, key).await;
         }
         Next::Exit(code) => return code,
     };

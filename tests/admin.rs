@@ -161,3 +161,87 @@ fn the_admin_service_needs_its_tokens() {
     assert_eq!(out.status.code(), Some(2), "{error}");
     assert!(error.contains("line 1") && error.contains("16 bytes"), "{error}");
 }
+
+/// Reset on Redis, with two replicas whose deny caches hold the key's denial: once Reset
+/// returns, the key's next request is allowed on either replica, and another key is
+/// untouched. A reset without a reason changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reset_frees_the_key_on_every_replica_and_no_other() {
+    use ratelimitd::grpc::admin::pb::ResetRequest;
+    let backend = Backend::redis().await;
+    let a = desk(&backend).await;
+    let b = TestServer::start(backend.config(5, "60s")).await;
+    let (mut on_a, mut on_b) = (a.server.client().await, b.client().await);
+    for key in ["sk_live_rotated", "sk_live_other"] {
+        for i in 0..5 {
+            let client = if i % 2 == 0 { &mut on_a } else { &mut on_b };
+            assert!(check(client, key, 1).await.allowed);
+        }
+        // Denied on both: each replica's deny cache now answers the key's cost-1 checks.
+        assert!(!check(&mut on_a, key, 1).await.allowed && !check(&mut on_b, key, 1).await.allowed);
+    }
+    let mut admin = AdminClient::connect(format!("http://{}", a.server.admin.unwrap())).await.unwrap();
+    let fingerprint = a.server.fingerprint("sk_live_rotated").to_string();
+    let authorized = |reason: &str| {
+        let mut request = Request::new(ResetRequest { fingerprint: fingerprint.clone(), reason: reason.into() });
+        request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        request
+    };
+    let status = admin.reset(authorized("  ")).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(!check(&mut on_b, "sk_live_rotated", 1).await.allowed, "a refused reset changed nothing");
+    let unauthenticated =
+        admin.reset(Request::new(ResetRequest { fingerprint: fingerprint.clone(), reason: "x".into() }));
+    assert_eq!(unauthenticated.await.unwrap_err().code(), Code::Unauthenticated);
+
+    let reset = admin.reset(authorized("the partner rotated a leaked key")).await.unwrap().into_inner();
+    assert!(reset.had_history);
+    let d = check(&mut on_b, "sk_live_rotated", 1).await;
+    assert!(d.allowed && d.remaining == 4 && d.fallback == 0, "the other replica's cached denial is gone: {d:?}");
+    assert!(check(&mut on_a, "sk_live_rotated", 1).await.allowed);
+    for client in [&mut on_a, &mut on_b] {
+        assert!(!check(client, "sk_live_other", 1).await.allowed, "another key is untouched");
+    }
+}
+
+/// The command-line client resets a key of the real binary (in process), and the audit line
+/// names the caller, the key's fingerprint and the reason; never the raw key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_resets_a_key_on_the_record() {
+    let mut tokens = tempfile::NamedTempFile::new().unwrap();
+    writeln!(tokens, "alice {TOKEN}").unwrap();
+    let mut token_file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(token_file, "{TOKEN}").unwrap();
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let tokens_path = tokens.path().to_str().unwrap();
+    let flags = ["--limit", "2", "--admin-listen", &admin, "--admin-tokens-file", tokens_path, "--log-format", "json"];
+    let mut server = common::process::Process::start_logging(&flags, "info");
+    let mut client = server.client().await;
+    assert!(check(&mut client, "sk_live_partner_key", 2).await.allowed);
+    assert!(!check(&mut client, "sk_live_partner_key", 1).await.allowed);
+    let mut cli = Command::new(BIN)
+        .args(["admin", "reset", "--target", &admin, "--key-file", "-", "--reason", "partner mistake, ticket 4711"])
+        .arg("--token-file")
+        .arg(token_file.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cli.stdin.take().unwrap().write_all(b"sk_live_partner_key").unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.contains("reset on every replica"),
+        "{printed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(check(&mut client, "sk_live_partner_key", 2).await.allowed, "the whole limit is free again");
+    assert_eq!(server.terminate(), Some(0));
+    let logs = server.logs();
+    let line = logs.lines().find(|l| l.contains("\"audit\":\"key reset\"")).unwrap_or_else(|| panic!("{logs}"));
+    for field in ["\"actor\":\"alice\"", "\"reason\":\"partner mistake, ticket 4711\"", "\"before\":2"] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
+    assert!(!logs.contains("sk_live_partner_key"), "the raw key reached the logs");
+}

@@ -302,6 +302,14 @@ pub enum AdminAction {
     Inspect(AdminArgs),
     /// The times and costs of the requests inside the key's longest window, oldest first.
     Explain(AdminArgs),
+    /// Forgets the key's history on every replica, on the record: needs --reason.
+    Reset {
+        #[command(flatten)]
+        args: AdminArgs,
+        /// Why (a key rotation, a partner's mistake): written to the audit log with the caller.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]

@@ -127,7 +127,10 @@ pub fn summary(policies: &Policies) -> String {
 /// from the command line.
 #[derive(Debug, Clone)]
 pub struct AdminAsk {
-    pub explain: bool,
+    /// `inspect`, `explain` or `reset`.
+    pub what: &'static str,
+    /// A reset's reason.
+    pub reason: String,
     pub target: String,
     pub token: String,
     /// The raw key, or else the fingerprint.
@@ -136,9 +139,10 @@ pub struct AdminAsk {
 }
 
 fn admin_ask(action: &AdminAction) -> Result<AdminAsk, String> {
-    let (explain, args) = match action {
-        AdminAction::Inspect(args) => (false, args),
-        AdminAction::Explain(args) => (true, args),
+    let (what, args, reason) = match action {
+        AdminAction::Inspect(args) => ("inspect", args, String::new()),
+        AdminAction::Explain(args) => ("explain", args, String::new()),
+        AdminAction::Reset { args, reason } => ("reset", args, reason.clone()),
     };
     let read = |path: &Path, flag: &str| -> Result<String, String> {
         let text = if path == Path::new("-") {
@@ -150,5 +154,5 @@ fn admin_ask(action: &AdminAction) -> Result<AdminAsk, String> {
     };
     let token = read(&args.token_file, "--token-file")?.trim().to_owned();
     let key_id = args.key_file.as_deref().map(|path| read(path, "--key-file")).transpose()?;
-    Ok(AdminAsk { explain, target: args.target.clone(), token, key_id, fingerprint: args.fingerprint.clone() })
+    Ok(AdminAsk { what, reason, target: args.target.clone(), token, key_id, fingerprint: args.fingerprint.clone() })
 }

@@ -21,7 +21,7 @@ pub mod pb {
 
 use pb::admin_server::{Admin, AdminServer};
 use pb::key_request::Key;
-use pb::{CountedRequest, ExplainResponse, InspectResponse, KeyRequest, WindowState};
+use pb::{CountedRequest, ExplainResponse, InspectResponse, KeyRequest, ResetRequest, ResetResponse, WindowState};
 
 /// The callers the desk knows: each token's SHA-256, to the name it acts under.
 #[derive(Clone)]
@@ -103,6 +103,42 @@ impl<S: Store> AdminService<S> {
 
 #[tonic::async_trait]
 impl<S: Store> Admin for AdminService<S> {
+    async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
+        let actor = request.extensions().get::<Actor>().map(|a| a.0.clone()).unwrap_or_else(|| "?".into());
+        let ResetRequest { fingerprint, reason } = request.into_inner();
+        let key = Fingerprint::from_hex(&fingerprint).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "fingerprint is not 32 hex digits (got {} characters)",
+                fingerprint.chars().count()
+            ))
+        })?;
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(Status::invalid_argument("a reset needs a reason (it is written to the audit log)"));
+        }
+        let before = self.limiter.inspect(key).await.map_err(to_status)?;
+        if before.held.requests.is_empty() && !before.listed {
+            return Err(Status::not_found(format!("fingerprint {key} has no history and no override")));
+        }
+        let had_history = self.limiter.reset(key).await.map_err(to_status)?;
+        let units: u64 = before.held.requests.iter().map(|(_, units)| units).sum();
+        crate::metrics::key_reset();
+        tracing::info!(
+            audit = "key reset",
+            actor = %actor,
+            key = %key,
+            alias = before.resolved.alias.as_deref().unwrap_or_default(),
+            policy = %before.resolved.policy.name,
+            before = units,
+            after = 0,
+            reason,
+            "key reset: {units} units forgotten"
+        );
+        // Every replica reading the store drops what it cached of the key meanwhile.
+        tokio::time::sleep(crate::limiter::desk::RESET_SEEN).await;
+        Ok(Response::new(ResetResponse { fingerprint: key.to_string(), had_history }))
+    }
+
     async fn inspect(&self, request: Request<KeyRequest>) -> Result<Response<InspectResponse>, Status> {
         let i = self.read("Inspect", request).await?;
         let windows = i
@@ -150,8 +186,8 @@ impl<S: Store> Admin for AdminService<S> {
 
 /// `ratelimitd admin inspect|explain`: asks the admin service at `target` about `key` and
 /// prints the answer for a person; exit 0, or 1 with one line saying why there is none.
-pub async fn ask(explain: bool, target: &str, token: &str, key: Key) -> std::process::ExitCode {
-    match ask_and_print(explain, target, token, key).await {
+pub async fn ask(what: &str, reason: &str, target: &str, token: &str, key: Key) -> std::process::ExitCode {
+    match ask_and_print(what, reason, target, token, key).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("ratelimitd: admin: {why}");
@@ -160,7 +196,7 @@ pub async fn ask(explain: bool, target: &str, token: &str, key: Key) -> std::pro
     }
 }
 
-async fn ask_and_print(explain: bool, target: &str, token: &str, key: Key) -> Result<(), String> {
+async fn ask_and_print(what: &str, reason: &str, target: &str, token: &str, key: Key) -> Result<(), String> {
     use pb::admin_client::AdminClient;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
         .map_err(|e| format!("{target} is not host:port: {e}"))?
@@ -172,9 +208,21 @@ async fn ask_and_print(explain: bool, target: &str, token: &str, key: Key) -> Re
         request.metadata_mut().insert("authorization", bearer.clone());
         Ok(request)
     });
-    let request = KeyRequest { key: Some(key) };
     let refused = |status: Status| format!("{:?}: {}", status.code(), status.message());
-    if explain {
+    if what == "reset" {
+        // A reset names the key by fingerprint: a raw key is turned into one by the service.
+        let fingerprint = match key {
+            Key::Fingerprint(hex) => hex,
+            key => client.inspect(KeyRequest { key: Some(key) }).await.map_err(refused)?.into_inner().fingerprint,
+        };
+        let r =
+            client.reset(ResetRequest { fingerprint, reason: reason.to_owned() }).await.map_err(refused)?.into_inner();
+        let had = if r.had_history { "its history is forgotten" } else { "it held no history" };
+        println!("key {} reset on every replica: {had}", r.fingerprint);
+        return Ok(());
+    }
+    let request = KeyRequest { key: Some(key) };
+    if what == "explain" {
         let r = client.explain(request).await.map_err(refused)?.into_inner();
         println!("{}", heading(&r.fingerprint, &r.alias, &r.policy, r.at_unix_ms));
         let units: u64 = r.requests.iter().map(|q| u64::from(q.cost)).sum();

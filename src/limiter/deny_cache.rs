@@ -92,6 +92,11 @@ impl DenyCache {
     }
 
     /// Drops the denials that time has undone. Returns how many.
+    /// Drops what is cached of `key` (its history was reset).
+    pub fn forget(&self, key: &Fingerprint) {
+        lock(self.shard(key)).remove(key);
+    }
+
     pub fn evict_expired(&self) -> usize {
         let mut evicted = 0;
         for shard in self.shards.iter() {

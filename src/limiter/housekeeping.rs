@@ -43,6 +43,7 @@ pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
             _ = presence.tick() => {
                 let Some(limiter) = limiter.upgrade() else { return };
                 limiter.count_replicas().await;
+                limiter.apply_resets().await;
             }
             _ = settle.tick() => {
                 let Some(limiter) = limiter.upgrade() else { return };

@@ -69,6 +69,11 @@ impl Known {
         }
     }
 
+    /// Forgets what the store said of `key` (its history was reset).
+    pub(super) fn forget(&self, key: &Fingerprint) {
+        lock(self.shard(key)).remove(key);
+    }
+
     /// Forgets what no longer bounds anything.
     pub(super) fn evict_expired(&self, now_ms: u64) {
         for shard in self.shards.iter() {

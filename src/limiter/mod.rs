@@ -105,6 +105,8 @@ pub struct Limiter<S> {
     known: known::Known,
     /// Requests the failure modes admitted, until the store has counted them.
     owed: owed::Owed,
+    /// The store's time up to which resets by any replica have been applied here.
+    resets_seen: std::sync::atomic::AtomicU64,
 }
 
 impl<S: Store> Limiter<S> {
@@ -127,6 +129,7 @@ impl<S: Store> Limiter<S> {
             failures_logged: LogEvery::default(),
             known: known::Known::default(),
             owed: owed::Owed::default(),
+            resets_seen: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

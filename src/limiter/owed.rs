@@ -87,6 +87,11 @@ impl Owed {
         entries.into_iter().map(|e| (*key, e)).collect()
     }
 
+    /// Drops what is owed to `key`: its history was reset.
+    pub(super) fn forget(&self, key: &Fingerprint) {
+        drop(self.take(key));
+    }
+
     /// Takes up to about `most` owed requests, of whole keys.
     fn take_some(&self, most: usize) -> Taken {
         let mut taken = Vec::new();

@@ -66,6 +66,10 @@ impl Store for Flaky {
     async fn requests(&self, _: &Fingerprint) -> Result<Held, StoreError> {
         Ok(Held::default())
     }
+
+    async fn forget(&self, _: &Fingerprint) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 #[tokio::test]
@@ -140,6 +144,10 @@ impl Store for Leaves {
     async fn requests(&self, _: &Fingerprint) -> Result<Held, StoreError> {
         Ok(Held::default())
     }
+
+    async fn forget(&self, _: &Fingerprint) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// The local failure mode continues from what the store last said, not from an empty
@@ -200,6 +208,11 @@ impl Store for Switched {
     async fn requests(&self, key: &Fingerprint) -> Result<Held, StoreError> {
         self.up()?;
         self.store.requests(key).await
+    }
+
+    async fn forget(&self, key: &Fingerprint) -> Result<bool, StoreError> {
+        self.up()?;
+        self.store.forget(key).await
     }
 }
 

@@ -36,6 +36,7 @@ pub const GRPC_CALLS: &str = "ratelimitd_grpc_calls_total";
 pub const BUILD_INFO: &str = "ratelimitd_build_info";
 pub const OVERRIDES: &str = "ratelimitd_overrides";
 pub const OVERRIDE_CHANGES: &str = "ratelimitd_override_changes_total";
+pub const RESETS: &str = "ratelimitd_key_resets_total";
 pub const OWED: &str = "ratelimitd_fallback_admissions_unrecorded";
 pub const OWED_DONE: &str = "ratelimitd_fallback_admissions_total";
 pub const CONFIG_LOADS: &str = "ratelimitd_config_loads_total";
@@ -66,6 +67,7 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     OVERRIDES,
     OVERRIDE_CHANGES,
+    RESETS,
     BREAKER_OPEN,
     CONFIG_LOADS,
     CONFIG_LAST_SUCCESS,
@@ -150,6 +152,7 @@ fn describe() {
     );
     describe_gauge!(BUILD_INFO, "1, labelled with the version of ratelimitd running.");
     process().describe();
+    describe_counter!(RESETS, "Keys whose history the support desk reset (admin Reset).");
     describe_gauge!(OVERRIDES, "Overrides of the limits file in force (those whose `until` has passed excluded).");
     describe_counter!(
         OVERRIDE_CHANGES,
@@ -240,6 +243,7 @@ fn start_at_zero() {
     }
     gauge!(BREAKER_OPEN).set(0.0);
     gauge!(OVERRIDES).set(0.0);
+    counter!(RESETS).increment(0);
     for change in ["started", "ended"] {
         counter!(OVERRIDE_CHANGES, "change" => change).increment(0);
     }
@@ -248,6 +252,11 @@ fn start_at_zero() {
 /// `count` overrides are in force.
 pub fn overrides(count: usize) {
     gauge!(OVERRIDES).set(count as f64);
+}
+
+/// A key's history was reset by the support desk.
+pub fn key_reset() {
+    counter!(RESETS).increment(1);
 }
 
 /// An override started (`true`) or ended.

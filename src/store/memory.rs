@@ -90,6 +90,11 @@ impl Store for MemoryStore {
         Ok(Held { at_ms, requests })
     }
 
+    async fn forget(&self, key: &Fingerprint) -> Result<bool, StoreError> {
+        let now = now_ms();
+        Ok(lock(self.shard(key)).remove(key).is_some_and(|h| !h.requests(now).is_empty()))
+    }
+
     /// Drops every key whose history has left its window, so memory stays bounded
     /// by the keys active within one window. Returns how many were dropped.
     fn evict_idle(&self) -> usize {

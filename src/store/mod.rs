@@ -60,6 +60,17 @@ pub trait Store: Send + Sync + 'static {
     /// the reading: one read, no write (the support desk's Inspect and Explain).
     fn requests(&self, key: &Fingerprint) -> impl Future<Output = Result<Held, StoreError>> + Send;
 
+    /// Forgets `key`'s history (the support desk's Reset), and records the reset for the
+    /// other replicas ([`Store::resets_since`]). Returns whether it held any history.
+    fn forget(&self, key: &Fingerprint) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The keys reset since `since_ms` (the store's clock), by any replica, and the store's
+    /// time now; a replica drops what it cached of them. The in-process store has no other
+    /// replica: none.
+    fn resets_since(&self, since_ms: u64) -> impl Future<Output = Result<(Vec<Fingerprint>, u64), StoreError>> + Send {
+        async move { Ok((Vec::new(), since_ms)) }
+    }
+
     /// Where the store is, for log lines: `host:port`s, never a secret.
     fn endpoint(&self) -> String {
         "in-process".into()

@@ -33,6 +33,8 @@ use crate::metrics;
 
 /// The least time connecting to Redis may take (TCP, TLS handshake, AUTH).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a reset stays in `<prefix>resets` for the replicas to read (they do every second).
+const RESETS_KEPT_MS: u64 = 60_000;
 /// Owed requests counted per script call ([`Store::record_admitted`]).
 const OWED_PER_CALL: usize = 64;
 
@@ -245,6 +247,44 @@ impl Store for RedisStore {
             let requests = layout::requests(&value.unwrap_or_default(), at_ms)
                 .map_err(|why| StoreError::Failed(format!("key {}: {why}", String::from_utf8_lossy(&name))))?;
             Ok(Held { at_ms, requests })
+        };
+        lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
+    }
+
+    /// Deletes the key's history (both layouts) and adds the fingerprint, scored by Redis's
+    /// time, to the set `<prefix>resets` (a minute of them), which the replicas read.
+    async fn forget(&self, key: &Fingerprint) -> Result<bool, StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.control_lane();
+        let (name, resets) = (self.key_name(key), format!("{}resets", self.key_prefix));
+        let previous = &name[..name.len() - 2];
+        let call = async {
+            let mut conn = lanes.connection(lane).await?;
+            let (seconds, micros): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
+            let now = seconds * 1000 + micros / 1000;
+            let mut pipe = redis::pipe();
+            pipe.cmd("DEL").arg(&name).arg(previous);
+            pipe.cmd("ZADD").arg(&resets).arg(now).arg(key.to_string()).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE").arg(&resets).arg("-inf").arg(now.saturating_sub(RESETS_KEPT_MS)).ignore();
+            pipe.cmd("PEXPIRE").arg(&resets).arg(RESETS_KEPT_MS).ignore();
+            let (deleted,): (u32,) = pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
+            Ok(deleted > 0)
+        };
+        lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
+    }
+
+    async fn resets_since(&self, since_ms: u64) -> Result<(Vec<Fingerprint>, u64), StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.control_lane();
+        let resets = format!("{}resets", self.key_prefix);
+        let call = async {
+            let mut conn = lanes.connection(lane).await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("TIME").cmd("ZRANGEBYSCORE").arg(&resets).arg(format!("({since_ms}")).arg("+inf");
+            let ((seconds, micros), keys): ((u64, u64), Vec<String>) =
+                pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
+            Ok((keys.iter().filter_map(|hex| Fingerprint::from_hex(hex)).collect(), seconds * 1000 + micros / 1000))
         };
         lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }
