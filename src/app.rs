@@ -154,9 +154,9 @@ async fn serve<S: Store>(
         tokio::spawn(server::http::serve(listener, router, drain.clone()))
     });
     let _admin = admin.zip(config.admin.clone()).map(|(listener, admin)| {
-        let (limiter, closing) = (limiter.clone(), drain.closing());
+        let (limiter, closing, tls) = (limiter.clone(), drain.closing(), config.tls.clone());
         Task::spawn(async move {
-            if let Err(e) = server::admin::serve(listener, limiter, &admin, closing).await {
+            if let Err(e) = server::admin::serve(listener, limiter, &admin, tls.as_ref(), closing).await {
                 tracing::error!(error = %e, "the admin service stopped");
             }
         })

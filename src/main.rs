@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
                     ratelimitd::grpc::admin::pb::key_request::Key::Fingerprint(fingerprint.unwrap_or_default())
                 }
             };
-            return ratelimitd::grpc::admin::ask(ask.what, &ask.reason, &ask.target, &ask.token, key).await;
+            let tls = ask.ca.map(|ca| (ca, ask.identity));
+            return ratelimitd::grpc::admin::ask(ask.what, &ask.reason, &ask.target, &ask.token, key, tls).await;
         }
         Next::Exit(code) => return code,
     };

@@ -245,3 +245,47 @@ async fn the_client_resets_a_key_on_the_record() {
     }
     assert!(!logs.contains("sk_live_partner_key"), "the raw key reached the logs");
 }
+
+/// With `--tls-cert`, the admin listener serves TLS too: the client with the CA (`--ca-file`)
+/// is answered, one in plaintext is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_service_serves_tls_like_the_grpc_listener() {
+    let pki = common::pki::Pki::new();
+    let (cert, key) = pki.issue(&["127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key, ca) = (file("cert.pem", &cert), file("key.pem", &key), file("ca.pem", &pki.ca));
+    let tokens = file("tokens", &format!("alice {TOKEN}\n"));
+    let token = file("token", TOKEN);
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let flags = ["--tls-cert", &cert, "--tls-key", &key, "--admin-listen", &admin, "--admin-tokens-file", &tokens];
+    let server = common::process::Process::start_logging(&flags, "info");
+    let inspect = |extra: &[&str]| {
+        let mut args = vec!["admin", "inspect", "--target", &admin, "--token-file", &token];
+        args.extend(["--fingerprint", "00112233445566778899aabbccddeeff"]);
+        args.extend(extra);
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    // Until the server listens; NOT_FOUND (exit 1, the status printed) is the service's answer.
+    let started = std::time::Instant::now();
+    let answered = loop {
+        let out = inspect(&["--ca-file", &ca]);
+        let error = String::from_utf8_lossy(&out.stderr).into_owned();
+        if error.contains("NotFound") || started.elapsed() > std::time::Duration::from_secs(10) {
+            break error;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        answered.contains("NotFound: fingerprint 00112233445566778899aabbccddeeff"),
+        "{answered} {}",
+        server.logs()
+    );
+    let plaintext = inspect(&[]);
+    let error = String::from_utf8_lossy(&plaintext.stderr);
+    assert!(plaintext.status.code() == Some(1) && !error.contains("NotFound"), "{error}");
+}

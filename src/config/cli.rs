@@ -326,6 +326,14 @@ pub struct AdminArgs {
     /// The key's fingerprint (32 hex digits), as logs and metrics show it.
     #[arg(long)]
     pub fingerprint: Option<String>,
+    /// The CA (PEM) that signed the service's certificate, when it serves TLS (--tls-cert).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// This client's certificate and key (PEM), when the service requires them (--tls-client-ca).
+    #[arg(long, requires = "client_key", requires = "ca_file")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -136,6 +136,9 @@ pub struct AdminAsk {
     /// The raw key, or else the fingerprint.
     pub key_id: Option<String>,
     pub fingerprint: Option<String>,
+    /// TLS: the service's CA, and this client's certificate and key (PEM).
+    pub ca: Option<Vec<u8>>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn admin_ask(action: &AdminAction) -> Result<AdminAsk, String> {
@@ -154,5 +157,12 @@ fn admin_ask(action: &AdminAction) -> Result<AdminAsk, String> {
     };
     let token = read(&args.token_file, "--token-file")?.trim().to_owned();
     let key_id = args.key_file.as_deref().map(|path| read(path, "--key-file")).transpose()?;
-    Ok(AdminAsk { what, reason, target: args.target.clone(), token, key_id, fingerprint: args.fingerprint.clone() })
+    let pem = |path: &Path, flag: &str| std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()));
+    let ca = args.ca_file.as_deref().map(|path| pem(path, "--ca-file")).transpose()?;
+    let identity = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => Some((pem(cert, "--client-cert")?, pem(key, "--client-key")?)),
+        _ => None,
+    };
+    let fingerprint = args.fingerprint.clone();
+    Ok(AdminAsk { what, reason, target: args.target.clone(), token, key_id, fingerprint, ca, identity })
 }

@@ -186,8 +186,18 @@ impl<S: Store> Admin for AdminService<S> {
 
 /// `ratelimitd admin inspect|explain`: asks the admin service at `target` about `key` and
 /// prints the answer for a person; exit 0, or 1 with one line saying why there is none.
-pub async fn ask(what: &str, reason: &str, target: &str, token: &str, key: Key) -> std::process::ExitCode {
-    match ask_and_print(what, reason, target, token, key).await {
+/// TLS for the client: the service's CA, and optionally this client's certificate and key.
+pub type ClientTls = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+
+pub async fn ask(
+    what: &str,
+    reason: &str,
+    target: &str,
+    token: &str,
+    key: Key,
+    tls: Option<ClientTls>,
+) -> std::process::ExitCode {
+    match ask_and_print(what, reason, target, token, key, tls).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("ratelimitd: admin: {why}");
@@ -196,11 +206,28 @@ pub async fn ask(what: &str, reason: &str, target: &str, token: &str, key: Key) 
     }
 }
 
-async fn ask_and_print(what: &str, reason: &str, target: &str, token: &str, key: Key) -> Result<(), String> {
+async fn ask_and_print(
+    what: &str,
+    reason: &str,
+    target: &str,
+    token: &str,
+    key: Key,
+    tls: Option<ClientTls>,
+) -> Result<(), String> {
     use pb::admin_client::AdminClient;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{target}"))
         .map_err(|e| format!("{target} is not host:port: {e}"))?
         .timeout(std::time::Duration::from_secs(10));
+    if let Some((ca, identity)) = tls {
+        let host = target.rsplit_once(':').map_or(target, |(host, _)| host).trim_matches(['[', ']']);
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(host);
+        if let Some((cert, key)) = identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(config).map_err(|e| format!("TLS: {e}"))?;
+    }
     let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {target}: {e}"))?;
     let bearer: tonic::metadata::MetadataValue<_> =
         format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot".to_owned())?;

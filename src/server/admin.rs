@@ -1,5 +1,6 @@
 //! The support desk's admin service on its own listener (`--admin-listen`), served by the
-//! main thread's event loop until the drain closes it.
+//! main thread's event loop until the drain closes it; with the gRPC listener's TLS
+//! (`--tls-cert`, and `--tls-client-ca` for mutual TLS) when it has one.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use super::ServeError;
+use crate::config::TlsFiles;
 use crate::config::admin::AdminConfig;
 use crate::grpc::admin::{self, Tokens};
 use crate::limiter::Limiter;
@@ -17,13 +19,18 @@ pub async fn serve<S: Store>(
     listener: TcpListener,
     limiter: Arc<Limiter<S>>,
     config: &AdminConfig,
+    tls: Option<&TlsFiles>,
     closing: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let names: Vec<&str> = config.tokens.iter().map(|(name, _)| name.as_str()).collect();
-    tracing::info!(listen = %addr, callers = ?names, "admin service (Inspect, Explain) listening");
+    tracing::info!(listen = %addr, callers = ?names, tls = tls.is_some(), "admin service (Inspect, Explain, Reset) listening");
     let service = admin::server(limiter, Tokens::new(&config.tokens));
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(super::router::tls_config(tls)).map_err(ServeError::Tls)?;
+    }
+    builder
         .add_service(service)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), closing)
         .await

@@ -60,7 +60,7 @@ impl Router {
     }
 }
 
-fn tls_config(tls: &TlsFiles) -> ServerTlsConfig {
+pub(super) fn tls_config(tls: &TlsFiles) -> ServerTlsConfig {
     let config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
     match &tls.client_ca {
         Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
