@@ -5,23 +5,14 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::process::{BIN, Process};
+use common::process::Process;
 
 const SECRET: &str = "expiring-overrides-secret";
 
 fn fingerprint(key: &str) -> String {
-    let mut child = Command::new(BIN)
-        .args(["--fingerprint-secret", SECRET, "fingerprint"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run ratelimitd fingerprint");
-    write!(child.stdin.take().expect("stdin"), "{key}").expect("write the key");
-    String::from_utf8(child.wait_with_output().expect("wait").stdout).expect("UTF-8").trim().to_owned()
+    common::process::fingerprint(SECRET, key)
 }
 
 /// Polls until `key`'s limit is `wanted`; how long that took.

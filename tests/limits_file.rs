@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,21 +15,8 @@ use common::{check, try_check};
 
 const SECRET: &str = "limits-file-test-secret";
 
-/// `ratelimitd fingerprint`, as an operator runs it.
 fn fingerprint(key: &str) -> String {
-    let mut child = Command::new(BIN)
-        .args(["--fingerprint-secret", SECRET, "fingerprint"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run ratelimitd fingerprint");
-    writeln!(child.stdin.take().expect("stdin"), "{key}").expect("write the key");
-    let output = child.wait_with_output().expect("wait");
-    assert!(output.status.success());
-    let printed = String::from_utf8(output.stdout).expect("UTF-8").trim().to_owned();
-    assert_eq!(printed.len(), 32, "{printed}");
-    assert!(!printed.contains(key));
-    printed
+    common::process::fingerprint(SECRET, key)
 }
 
 fn limits(partner: &str, partner_limit: u32) -> String {

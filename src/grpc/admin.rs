@@ -59,6 +59,19 @@ impl Tokens {
 #[derive(Clone)]
 struct Actor(Arc<str>);
 
+/// The actor the token check recorded for `request`.
+fn actor<T>(request: &Request<T>) -> Arc<str> {
+    request.extensions().get::<Actor>().map_or_else(|| "?".into(), |a| a.0.clone())
+}
+
+/// A fingerprint in a request. Not echoed when wrong: it may be a raw key pasted in the
+/// wrong field, which must not travel back or reach a log line.
+fn fingerprint(hex: &str) -> Result<Fingerprint, Status> {
+    Fingerprint::from_hex(hex).ok_or_else(|| {
+        Status::invalid_argument(format!("fingerprint is not 32 hex digits (got {} characters)", hex.chars().count()))
+    })
+}
+
 pub struct AdminService<S> {
     limiter: Arc<Limiter<S>>,
 }
@@ -77,19 +90,10 @@ pub fn server<S: Store>(
 impl<S: Store> AdminService<S> {
     /// The key a request names, read (`method`: for the log line, with the actor).
     async fn read(&self, method: &str, request: Request<KeyRequest>) -> Result<Inspection, Status> {
-        let actor = request.extensions().get::<Actor>().map(|a| a.0.clone()).unwrap_or_else(|| "?".into());
+        let actor = actor(&request);
         let (key, by_fingerprint) = match request.into_inner().key {
             Some(Key::KeyId(key_id)) => (self.limiter.fingerprint_of(&key_id).map_err(to_status)?, false),
-            Some(Key::Fingerprint(hex)) => {
-                // Not echoed: a raw key pasted here by mistake must not travel back or be logged.
-                let key = Fingerprint::from_hex(&hex).ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "fingerprint is not 32 hex digits (got {} characters)",
-                        hex.chars().count()
-                    ))
-                })?;
-                (key, true)
-            }
+            Some(Key::Fingerprint(hex)) => (fingerprint(&hex)?, true),
             None => return Err(Status::invalid_argument("name the key: key_id or fingerprint")),
         };
         let inspection = self.limiter.inspect(key).await.map_err(to_status)?;
@@ -104,14 +108,9 @@ impl<S: Store> AdminService<S> {
 #[tonic::async_trait]
 impl<S: Store> Admin for AdminService<S> {
     async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
-        let actor = request.extensions().get::<Actor>().map(|a| a.0.clone()).unwrap_or_else(|| "?".into());
-        let ResetRequest { fingerprint, reason } = request.into_inner();
-        let key = Fingerprint::from_hex(&fingerprint).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "fingerprint is not 32 hex digits (got {} characters)",
-                fingerprint.chars().count()
-            ))
-        })?;
+        let actor = actor(&request);
+        let ResetRequest { fingerprint: hex, reason } = request.into_inner();
+        let key = fingerprint(&hex)?;
         let reason = reason.trim();
         if reason.is_empty() {
             return Err(Status::invalid_argument("a reset needs a reason (it is written to the audit log)"));

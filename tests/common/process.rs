@@ -108,3 +108,21 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.") && head.contains(" 200 "), "GET {path}: {head}");
     body.to_owned()
 }
+
+/// `ratelimitd --fingerprint-secret SECRET fingerprint`, as an operator runs it, with `key` on
+/// stdin: the fingerprint it prints (never the key).
+pub fn fingerprint(secret: &str, key: &str) -> String {
+    let mut child = Command::new(BIN)
+        .args(["--fingerprint-secret", secret, "fingerprint"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run ratelimitd fingerprint");
+    writeln!(child.stdin.take().expect("stdin"), "{key}").expect("write the key");
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).expect("UTF-8").trim().to_owned();
+    assert_eq!(printed.len(), 32, "{printed}");
+    assert!(!printed.contains(key));
+    printed
+}

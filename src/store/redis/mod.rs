@@ -92,13 +92,8 @@ impl RedisStore {
             if let Err(e) = lanes.script.load_async(&mut conn).await {
                 return Err(lanes.failed(e));
             }
-            match redis::cmd("TIME").query_async::<(u64, u64)>(&mut conn).await {
-                Ok((seconds, micros)) => {
-                    lanes.observe_clock(seconds * 1000 + micros / 1000);
-                    Ok(())
-                }
-                Err(e) => Err(lanes.failed(e)),
-            }
+            lanes.observe_clock(redis_time(lanes, &mut conn).await?);
+            Ok(())
         };
         // At start-up the first connection is made here: it gets the connect timeout.
         let timeout = lanes.timeout.max(CONNECT_TIMEOUT);
@@ -112,13 +107,8 @@ impl RedisStore {
         let lane = lanes.control_lane();
         let call = async {
             let mut conn = lanes.connection(lane).await?;
-            match redis::cmd("TIME").query_async::<(u64, u64)>(&mut conn).await {
-                Ok((seconds, micros)) => {
-                    lanes.observe_clock(seconds * 1000 + micros / 1000);
-                    Ok(())
-                }
-                Err(e) => Err(lanes.failed(e)),
-            }
+            lanes.observe_clock(redis_time(lanes, &mut conn).await?);
+            Ok(())
         };
         lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }
@@ -217,9 +207,7 @@ impl Store for RedisStore {
         let ttl = ttl.as_millis() as u64;
         let call = async {
             let mut conn = lanes.connection(lane).await?;
-            let (seconds, micros): (u64, u64) =
-                redis::cmd("TIME").query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
-            let now = seconds * 1000 + micros / 1000;
+            let now = redis_time(lanes, &mut conn).await?;
             let mut pipe = redis::pipe();
             pipe.cmd("ZADD").arg(&name).arg(now).arg(replica).ignore();
             pipe.cmd("ZREMRANGEBYSCORE").arg(&name).arg("-inf").arg(now.saturating_sub(ttl)).ignore();
@@ -241,9 +229,9 @@ impl Store for RedisStore {
             let mut conn = lanes.connection(lane).await?;
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(&name).cmd("TIME");
-            let (value, (seconds, micros)): (Option<Vec<u8>>, (u64, u64)) =
+            let (value, time): (Option<Vec<u8>>, (u64, u64)) =
                 pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
-            let at_ms = seconds * 1000 + micros / 1000;
+            let at_ms = unix_ms(time);
             let requests = layout::requests(&value.unwrap_or_default(), at_ms)
                 .map_err(|why| StoreError::Failed(format!("key {}: {why}", String::from_utf8_lossy(&name))))?;
             Ok(Held { at_ms, requests })
@@ -260,9 +248,7 @@ impl Store for RedisStore {
         let previous = &name[..name.len() - 2];
         let call = async {
             let mut conn = lanes.connection(lane).await?;
-            let (seconds, micros): (u64, u64) =
-                redis::cmd("TIME").query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
-            let now = seconds * 1000 + micros / 1000;
+            let now = redis_time(lanes, &mut conn).await?;
             let mut pipe = redis::pipe();
             pipe.cmd("DEL").arg(&name).arg(previous);
             pipe.cmd("ZADD").arg(&resets).arg(now).arg(key.to_string()).ignore();
@@ -282,9 +268,9 @@ impl Store for RedisStore {
             let mut conn = lanes.connection(lane).await?;
             let mut pipe = redis::pipe();
             pipe.cmd("TIME").cmd("ZRANGEBYSCORE").arg(&resets).arg(format!("({since_ms}")).arg("+inf");
-            let ((seconds, micros), keys): ((u64, u64), Vec<String>) =
+            let (time, keys): ((u64, u64), Vec<String>) =
                 pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
-            Ok((keys.iter().filter_map(|hex| Fingerprint::from_hex(hex)).collect(), seconds * 1000 + micros / 1000))
+            Ok((keys.iter().filter_map(|hex| Fingerprint::from_hex(hex)).collect(), unix_ms(time)))
         };
         lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }
@@ -296,4 +282,14 @@ impl Store for RedisStore {
     fn endpoint(&self) -> String {
         self.addresses.clone()
     }
+}
+
+/// Redis's clock (TIME) in Unix ms.
+async fn redis_time(lanes: &Lanes, conn: &mut connect::Conn) -> Result<u64, StoreError> {
+    redis::cmd("TIME").query_async(conn).await.map(unix_ms).map_err(|e| lanes.failed(e))
+}
+
+/// A TIME reply (seconds, microseconds) in Unix ms.
+fn unix_ms((seconds, micros): (u64, u64)) -> u64 {
+    seconds * 1000 + micros / 1000
 }
