@@ -82,43 +82,32 @@
 -- Rolling deploys: the previous release kept a ring of 8-byte times under the name without
 -- ':2'. While it exists its units inside a window count as well, read when a request would
 -- otherwise be allowed (they can only deny more, so a denial's retry_after counts this
--- layout's units alone). The previous release never reads this layout: its replicas count
+-- layout's units alone). One EXISTS per call, of every key's previous ring, spares the
+-- look once none is left. The previous release never reads this layout: its replicas count
 -- only their own units until they are replaced.
+--
+-- Cost of a call: Redis runs this whole file on every call, making each of its functions
+-- anew, and each name of this file that a function uses costs that call time. So the
+-- functions are few, and the layout's numbers are written where they are used, not named:
+-- 40, the header's bytes; 2, its format; 16777216, the modulo of counts (2^24); 512, the
+-- largest limit under which a key of cost-1 requests keeps K = 0; 4096, the bytes of entries
+-- from which a full ring grows in place.
 
-local HEADER = 40
+-- The header's struct format; an entry's by its width T + K (3: T = 3, K = 0; 5: T = 5, K = 0;
+-- 8: T = 5, K = 3), and times' modulo by T.
 local LAYOUT = '<BBBI4I4I4i6i6i6I3I4'
-local FORMAT = 2
-local CUM = 16777216 -- counts are kept modulo 2^24
-local UNIT_LIMIT = 512 -- the largest limit under which a cost-1 key keeps K = 0
-local MAX_LIMIT, MAX_WINDOW = 4194304, 274877906944
-local LARGE = 4096 -- bytes of entries from which a full ring grows in place
--- An entry's struct format by its width T + K (3: T = 3, K = 0; 5: T = 5, K = 0; 8: T = 5, K = 3),
--- and times' modulo by T.
 local ENTRY, WRAP = {[3] = '<I3', [5] = '<I5', [8] = '<I5I3'}, {[3] = 16777216, [5] = 1099511627776}
-local HEADER_FIRST, HEADER_LAST = '0', tostring(HEADER - 1)
-local EXPIRES_AT = 27 -- the expiry's offset in the header
 local READ_PREVIOUS -- ARGV[1] asks for the previous release's rings (set below)
 local EXISTING_ONLY -- ARGV[1] says Redis is full: count only where a key has room (below)
 local floor, min, max = math.floor, math.min, math.max
 
--- The time bytes of a key's entries: 3 for a key of units (K = 0) under windows below 2^22
--- ms (70 minutes), else 5. Every entry held is within the longest window of the newest, and
--- times decode exactly within a quarter of 2^(8T) ms. Only keys of units (at most UNIT_LIMIT
--- entries) ever change format.
-local function time_bytes(longest, k_bytes)
-  if k_bytes == 0 and longest < 4194304 then
-    return 3
-  end
-  return 5
-end
-
--- The history being decided, set by load() for the helpers below.
+-- The history being decided, set by decide() for the helpers below.
 local key, T, K, width, C, head, n, newest, oldest, expires, base, total, modulo
 local seen_t, seen_c
 
 -- The time and count of entry j, 0 = oldest (each read at most once per check).
 local function read(j)
-  local offset = HEADER + ((head + j) % C) * width
+  local offset = 40 + ((head + j) % C) * width
   local raw = redis.call('GETRANGE', key, offset, offset + width - 1)
   local stamp, cum = struct.unpack(ENTRY[width], raw)
   seen_t = seen_t or {}
@@ -158,28 +147,33 @@ local function before(j)
     read(j - 1)
     cum = seen_c[j - 1]
   end
-  return (cum - base) % CUM
-end
-
--- The first j in lo..hi-1 with f(j) true (hi if none), f false before and true after it.
--- (Used where closures are cheap enough: the previous release's ring and the rare paths.)
-local function bisect(lo, hi, f)
-  while lo < hi do
-    local mid = floor((lo + hi) / 2)
-    if f(mid) then
-      hi = mid
-    else
-      lo = mid + 1
-    end
-  end
-  return lo
+  return (cum - base) % 16777216
 end
 
 -- The first entry in lo..hi-1 newer than cutoff (hi if none), every entry before lo being
--- at most cutoff and every one from hi on newer: a bisection, galloping forward from lo
--- (the oldest entries leave a window first) or back from hi (few entries inside a short
--- window). No closures: this runs for every check.
-local function search(lo, hi, cutoff)
+-- at most cutoff and every one from hi on newer: a bisection, after galloping forward from lo
+-- (the oldest entries leave a window first) or, with `back`, back from hi (few entries inside
+-- a short window). No closures: this runs for every check.
+local function first_newer(lo, hi, cutoff, back)
+  local step = 1
+  while lo < hi do
+    if back then
+      local probe = max(hi - step, lo)
+      if time_at(probe) <= cutoff then
+        lo = probe + 1
+        break
+      end
+      hi = probe
+    else
+      local probe = min(lo + step - 1, hi - 1)
+      if time_at(probe) > cutoff then
+        hi = probe
+        break
+      end
+      lo = probe + 1
+    end
+    step = step * 2
+  end
   while lo < hi do
     local mid = floor((lo + hi) / 2)
     if time_at(mid) > cutoff then
@@ -191,62 +185,26 @@ local function search(lo, hi, cutoff)
   return lo
 end
 
-local function gallop_forward(lo, hi, cutoff)
-  local step = 1
-  while lo < hi do
-    local probe = min(lo + step - 1, hi - 1)
-    if time_at(probe) > cutoff then
-      return search(lo, probe, cutoff)
-    end
-    lo, step = probe + 1, step * 2
-  end
-  return lo
-end
-
-local function gallop_back(lo, hi, cutoff)
-  local step = 1
-  while lo < hi do
-    local probe = max(hi - step, lo)
-    if time_at(probe) <= cutoff then
-      return search(probe + 1, hi, cutoff)
-    end
-    hi, step = probe, step * 2
-  end
-  return lo
-end
-
--- Loads `name`'s header; false if it holds no history on the clock `now`, or a string if it
--- is not ours.
-local function load(name, now)
-  key, seen_t, seen_c = name, nil, nil
-  local header = redis.call('GETRANGE', name, HEADER_FIRST, HEADER_LAST)
-  if #header == 0 then
-    return false
-  end
-  if #header < HEADER then
-    return 'ERR ratelimitd: key ' .. name .. ' does not hold a format ' .. FORMAT .. ' ratelimitd history'
-  end
-  local format
-  format, T, K, C, head, n, newest, oldest, expires, base, total = struct.unpack(LAYOUT, header)
-  if format ~= FORMAT or not WRAP[T] or not ENTRY[T + K] or (T == 3 and K > 0) then
-    return 'ERR ratelimitd: key ' .. name .. ' does not hold a format ' .. FORMAT .. ' ratelimitd history'
-  end
-  width, modulo = T + K, WRAP[T]
-  if now >= expires or n == 0 then
-    return false
-  end
-  return true
-end
-
 -- The previous release's ring (see the top): a function giving its units newer than a time,
--- and its newest unit; nil if there is none on the clock `now`.
+-- and its newest unit; nil if there is none on the clock `now`. The first call of a script
+-- call asks whether any of its keys still has one (one EXISTS), and the others know.
+local previous_left
 local function previous_ring(name, now)
-  if not READ_PREVIOUS or string.sub(name, -3) ~= '}:2' then
+  if previous_left == nil then
+    local rings = {}
+    for k = 1, #KEYS do
+      if string.byte(KEYS[k], -1) == 50 and string.sub(KEYS[k], -3) == '}:2' then
+        rings[#rings + 1] = string.sub(KEYS[k], 1, -3)
+      end
+    end
+    previous_left = #rings > 0 and redis.call('EXISTS', unpack(rings)) > 0
+  end
+  if not previous_left or string.sub(name, -3) ~= '}:2' then
     return nil
   end
   local ring = string.sub(name, 1, -3)
-  local header = redis.call('GETRANGE', ring, HEADER_FIRST, HEADER_LAST)
-  if #header < HEADER then
+  local header = redis.call('GETRANGE', ring, '0', '39')
+  if #header < 40 then
     return nil
   end
   local capacity, ring_head, _, format, _, ring_newest = struct.unpack('<I4I4I4I4i8i8', header)
@@ -254,65 +212,109 @@ local function previous_ring(name, now)
     return nil
   end
   local slots = {}
-  local function slot(j)
-    if not slots[j] then
-      local offset = HEADER + ((ring_head + j) % capacity) * 8
-      slots[j] = struct.unpack('<i8', redis.call('GETRANGE', ring, offset, offset + 7))
-    end
-    return slots[j]
-  end
   return function(after)
-    return capacity - bisect(0, capacity, function(j) return slot(j) > after end)
+    -- The ring's first slot newer than `after` (its slots run oldest to newest).
+    local lo, hi = 0, capacity
+    while lo < hi do
+      local mid = floor((lo + hi) / 2)
+      if not slots[mid] then
+        local offset = 40 + ((ring_head + mid) % capacity) * 8
+        slots[mid] = struct.unpack('<i8', redis.call('GETRANGE', ring, offset, offset + 7))
+      end
+      if slots[mid] > after then
+        hi = mid
+      else
+        lo = mid + 1
+      end
+    end
+    return capacity - lo
   end, ring_newest
 end
 
 local out = {} -- the call's reply (see the top)
 
--- One window's spare and retry_after for a request of `cost` at `now`: `units_after(t)` gives
--- the units counted after t; `first` is the first entry inside the window.
-local function judge(limit, window, cost, now, first, previous)
-  local cutoff = now - window
-  local gone = 0
-  if first > 0 then
-    gone = before(first)
-  end
-  local units = total - gone
-  if previous then
-    units = units + previous(cutoff)
-  end
-  local need = units + cost - limit
-  if need <= 0 then
-    return limit - units, 0
-  end
-  local spare = limit - units
-  if spare < 0 then
-    spare = 0
-  end
-  if not previous then
-    -- The entry holding the need-th oldest unit in the window.
-    local unit = gone + need - 1
-    local j, hi = unit, n
-    if K > 0 and first == n - 1 then
-      j = first
-    elseif K > 0 then
-      j = first
-      while j < hi do
-        local mid = floor((j + hi) / 2)
-        if before(mid + 1) > unit then
-          hi = mid
-        else
-          j = mid + 1
+-- Writes the decision on `check` at `now` into `out` from `at` (see the top) and returns
+-- whether it is allowed; `first` is the first entry inside the longest window, `previous`
+-- the previous release's ring. For each window: its spare, and its retry_after.
+local function judge_all(check, now, last, first, previous, at)
+  local cost, limits, windows = check.cost, check.limits, check.windows
+  local allowed = true
+  out[at + 1], out[at + 2] = now, last
+  for i = 1, check.count do
+    local limit, window, f = limits[i], windows[i], first
+    local cutoff = now - window
+    if i > 1 then
+      f = first_newer(first, n, cutoff, true)
+    end
+    local gone = 0
+    if f > 0 then
+      gone = before(f)
+    end
+    local units = total - gone
+    if previous then
+      units = units + previous(cutoff)
+    end
+    local need = units + cost - limit
+    local spare, retry = limit - units, 0
+    if need > 0 then
+      allowed = false
+      if spare < 0 then
+        spare = 0
+      end
+      if not previous then
+        -- The entry holding the need-th oldest unit in the window.
+        local unit = gone + need - 1
+        local j, hi = unit, n - 1
+        if K > 0 then
+          j = f
+          while j < hi do
+            local mid = floor((j + hi) / 2)
+            if before(mid + 1) > unit then
+              hi = mid
+            else
+              j = mid + 1
+            end
+          end
         end
+        retry = time_at(j) + window - now
+      else
+        -- Two histories: the first time by which need units of both have left (rare: a
+        -- rollout), a bisection over time.
+        local lo, hi = cutoff + 1, now
+        while lo < hi do
+          local t = floor((lo + hi) / 2)
+          if units - (total - before(first_newer(f, n, t)) + previous(t)) >= need then
+            hi = t
+          else
+            lo = t + 1
+          end
+        end
+        retry = lo + window - now
       end
     end
-    return spare, time_at(j) + window - now
+    out[at + 2 * i + 1], out[at + 2 * i + 2] = spare, retry
   end
-  -- Two histories: the first time by which need units of both have left (rare: a rollout).
-  local function after(t)
-    return total - before(search(first, n, t)) + previous(t)
+  out[at] = allowed and 1 or 0
+  return allowed
+end
+
+-- The entry format (time bytes, count bytes) that counting `check` needs: K = 3 once a
+-- request costs more than 1 or a limit is above 512 (or the key has it), else 0; T = 3 for a
+-- key of units (K = 0) under windows below 2^22 ms (70 minutes), else 5, and never less than
+-- the key's. Every entry held is within the longest window of the newest, and times decode
+-- exactly within a quarter of 2^(8T) ms. Only keys of units (at most 512 entries) ever change
+-- format.
+local function widths(check, exists)
+  local t_bytes, k_bytes = 5, 0
+  if check.cost > 1 or check.capacity > 512 or (exists and K > 0) then
+    k_bytes = 3
+  elseif check.windows[1] < 4194304 then
+    t_bytes = 3
   end
-  local t = bisect(cutoff + 1, now, function(t) return units - after(t) >= need end)
-  return spare, t + window - now
+  if exists and T > t_bytes then
+    t_bytes = T
+  end
+  return t_bytes, k_bytes
 end
 
 -- The whole value of a history holding entries keep..n-1 and then one at `now`, in entry
@@ -320,7 +322,7 @@ end
 local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
   local kept, body = n - keep, ''
   if kept > 0 then
-    local all = redis.call('GETRANGE', key, HEADER, HEADER + C * width - 1)
+    local all = redis.call('GETRANGE', key, 40, 40 + C * width - 1)
     if t_bytes == T and k_bytes == K then
       local from, to = (head + keep) % C, (head + n) % C
       if from < to then
@@ -336,28 +338,13 @@ local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
           cum = base + j + 1
         end
         local t = newest - (newest % modulo - stamp) % modulo
-        parts[#parts + 1] = struct.pack(format, t % wrap, cum % CUM)
+        parts[#parts + 1] = struct.pack(format, t % wrap, cum % 16777216)
       end
       body = table.concat(parts)
     end
   end
-  local entry = struct.pack(ENTRY[t_bytes + k_bytes], now % WRAP[t_bytes], (base + total + cost) % CUM)
+  local entry = struct.pack(ENTRY[t_bytes + k_bytes], now % WRAP[t_bytes], (base + total + cost) % 16777216)
   return body .. entry .. string.rep('\0', (capacity - kept - 1) * (t_bytes + k_bytes))
-end
-
--- Grows a full ring of LARGE bytes or more where it lies, not through Lua: Redis extends the
--- string with zeros and the entries before the head are copied past the old end, so the
--- ring's entries lie unwrapped from the head. (Redis may over-allocate a string grown so, by
--- up to twice below 1 MB: a small price at this size, too much for small keys, which are
--- rewritten at their exact size.)
-local function grow_in_place(limit)
-  local capacity = C + max(head + 1, min(C, limit - C), floor(C / 4))
-  redis.call('SETRANGE', key, HEADER + capacity * width - 1, '\0')
-  if head > 0 then
-    local wrapped = redis.call('GETRANGE', key, HEADER, HEADER + head * width - 1)
-    redis.call('SETRANGE', key, HEADER + C * width, wrapped)
-  end
-  C = capacity
 end
 
 -- Counts an allowed request of `cost` at `now` (`clock`: the call's own clock), having found
@@ -365,20 +352,14 @@ end
 -- one (or, at the newest entry's millisecond, adds to it).
 local function record(name, exists, check, now, clock, first)
   local cost, longest = check.cost, check.windows[1]
-  local k_bytes = 0
-  if cost > 1 or check.capacity > UNIT_LIMIT or (exists and K > 0) then
-    k_bytes = 3
-  end
-  local t_bytes = time_bytes(longest, k_bytes)
+  local t_bytes, k_bytes = widths(check, exists)
   if not exists then
     key, T, K, C, head, n, newest, oldest, expires, base, total = name, t_bytes, k_bytes, 1, 0, 0, 0, now, 0, 0, 0
     first = 0
-  else
-    t_bytes = max(t_bytes, T)
   end
   local next_oldest = first < n and time_at(first) or now
   local dropped = before(first)
-  local new_base = (base + dropped) % CUM
+  local new_base = (base + dropped) % 16777216
   local kept = n - first
   local new_expires = expires
   if expires < now + longest then
@@ -386,18 +367,30 @@ local function record(name, exists, check, now, clock, first)
   end
   local held = total - dropped + cost
   local same = exists and t_bytes == T and k_bytes == K
-  if same and kept >= C and C * width >= LARGE then
-    grow_in_place(check.capacity)
+  if same and kept >= C and C * width >= 4096 then
+    -- A full ring of 4096 bytes or more grows where it lies, not through Lua: Redis extends
+    -- the string with zeros and the entries before the head are copied past the old end, so
+    -- the ring's entries lie unwrapped from the head. (Redis may over-allocate a string grown
+    -- so, by up to twice below 1 MB: a small price at this size, too much for small keys,
+    -- which are rewritten at their exact size.)
+    local capacity = C + max(head + 1, min(C, check.capacity - C), floor(C / 4))
+    redis.call('SETRANGE', key, 40 + capacity * width - 1, '\0')
+    if head > 0 then
+      redis.call('SETRANGE', key, 40 + C * width, redis.call('GETRANGE', key, 40, 40 + head * width - 1))
+    end
+    C = capacity
   end
-  if same and k_bytes > 0 and kept > 0 and newest == now then
-    -- The newest entry's millisecond: its count grows, no entry is added.
-    local offset = HEADER + ((head + n - 1) % C) * width
-    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[width], now % modulo, (base + total + cost) % CUM))
-    redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, FORMAT, T, K, C, (head + first) % C, kept, now, next_oldest, new_expires, new_base, held))
-  elseif same and kept < C then
-    local offset = HEADER + ((head + n) % C) * width
-    redis.call('SETRANGE', key, offset, struct.pack(ENTRY[width], now % modulo, (base + total + cost) % CUM))
-    redis.call('SETRANGE', key, HEADER_FIRST, struct.pack(LAYOUT, FORMAT, T, K, C, (head + first) % C, kept + 1, now, next_oldest, new_expires, new_base, held))
+  local at_newest = same and k_bytes > 0 and kept > 0 and newest == now
+  if at_newest or (same and kept < C) then
+    -- At the newest entry's millisecond its count grows, no entry is added; else one is.
+    local last = n
+    if at_newest then
+      last, kept = n - 1, kept - 1
+    end
+    redis.call('SETRANGE', key, 40 + ((head + last) % C) * width,
+      struct.pack(ENTRY[width], now % modulo, (base + total + cost) % 16777216))
+    redis.call('SETRANGE', key, '0', struct.pack(LAYOUT, 2, T, K, C, (head + first) % C, kept + 1, now, next_oldest,
+      new_expires, new_base, held))
   else
     -- New, wider or full: the whole value written once at its exact size (a SETRANGE past
     -- the end would over-allocate), the ring grown by up to twice, at most to the limit.
@@ -411,7 +404,7 @@ local function record(name, exists, check, now, clock, first)
         end
       end
     end
-    local value = struct.pack(LAYOUT, FORMAT, t_bytes, k_bytes, capacity, 0, kept + 1, now, next_oldest, new_expires,
+    local value = struct.pack(LAYOUT, 2, t_bytes, k_bytes, capacity, 0, kept + 1, now, next_oldest, new_expires,
       new_base, held) .. rewrite(first, now, cost, t_bytes, k_bytes, capacity)
     if not exists then
       -- Its expiry relative to the call's clock, so a caller clock behind Redis's expires
@@ -426,54 +419,18 @@ local function record(name, exists, check, now, clock, first)
   end
 end
 
--- The first entry inside the longest window at `now`: the oldest entries leave it first.
-local function first_inside(longest, now)
-  if n > 0 and oldest <= now - longest then
-    return gallop_forward(1, n, now - longest)
-  end
-  return 0
-end
-
--- Writes the decision on `check` at `now` into `out` from `at` (see the top) and returns
--- whether it is allowed; `first` is first_inside() and `previous` the previous release's ring.
-local function judge_all(check, now, last, first, previous, at)
-  local cost, limits, windows = check.cost, check.limits, check.windows
-  local allowed = true
-  out[at + 1], out[at + 2] = now, last
-  for i = 1, check.count do
-    local w = windows[i]
-    local f = first
-    if i > 1 then
-      f = gallop_back(first, n, now - w)
-    end
-    local spare, retry = judge(limits[i], w, cost, now, f, previous)
-    if retry > 0 then
-      allowed = false
-    end
-    out[at + 2 * i + 1], out[at + 2 * i + 2] = spare, retry
-  end
-  out[at] = allowed and 1 or 0
-  return allowed
-end
-
 -- Whether counting `check` at `now` needs no new key and no bigger or wider value: all that a
 -- full Redis still allows (EXISTING_ONLY).
 local function in_place(check, exists, now, first)
   if not exists then
     return false
   end
-  local k_bytes = 0
-  if check.cost > 1 or check.capacity > UNIT_LIMIT or K > 0 then
-    k_bytes = 3
-  end
-  if max(time_bytes(check.windows[1], k_bytes), T) ~= T or k_bytes ~= K then
-    return false
-  end
-  return n - first < C or (K > 0 and newest == now)
+  local t_bytes, k_bytes = widths(check, true)
+  return t_bytes == T and k_bytes == K and (n - first < C or (K > 0 and newest == now))
 end
 
--- Counts the owed request `check` in the key loaded by decide() (see "Owed requests" at the
--- top), writing 1 into `out` at `at`; or returns why it could not, having written nothing.
+-- Counts the owed request `check` in the key decide() read (see "Owed requests" at the top),
+-- writing 1 into `out` at `at`; or returns why it could not, having written nothing.
 local function owe(name, exists, check, clock, at)
   local longest = check.windows[1]
   local now = max(clock - check.age, exists and newest or 0)
@@ -481,7 +438,10 @@ local function owe(name, exists, check, clock, at)
   if now <= clock - longest then
     return
   end
-  local first = first_inside(longest, now)
+  local first = 0
+  if n > 0 and oldest <= now - longest then
+    first = first_newer(1, n, now - longest)
+  end
   local counted = {cost = min(check.cost, check.capacity - (total - before(first))), windows = check.windows,
                    capacity = check.capacity}
   if counted.cost <= 0 then
@@ -497,10 +457,22 @@ end
 -- returns nothing, or returns a string saying what is wrong with the key, having written
 -- nothing.
 local function decide(name, check, clock, at, peek_only)
-  local exists = load(name, clock)
-  if type(exists) == 'string' then
-    return exists
-  elseif not exists then
+  -- The key's header; it holds history if it has entries and has not expired on this clock.
+  key, seen_t, seen_c = name, nil, nil
+  local header = redis.call('GETRANGE', name, '0', '39')
+  local exists = false
+  if #header > 0 then
+    local format = 0
+    if #header == 40 then
+      format, T, K, C, head, n, newest, oldest, expires, base, total = struct.unpack(LAYOUT, header)
+    end
+    if format ~= 2 or not WRAP[T] or not ENTRY[T + K] or (T == 3 and K > 0) then
+      return 'ERR ratelimitd: key ' .. name .. ' does not hold a format 2 ratelimitd history'
+    end
+    width, modulo = T + K, WRAP[T]
+    exists = clock < expires and n > 0
+  end
+  if not exists then
     n, total = 0, 0
   end
   if check.age then
@@ -508,23 +480,27 @@ local function decide(name, check, clock, at, peek_only)
   end
   local longest = check.windows[1]
   local last = exists and newest or 0
-  local now = max(clock, last)
+  local now = clock
+  if last > now then
+    now = last
+  end
   local first = 0
   if n > 0 and oldest <= now - longest then
-    first = gallop_forward(1, n, now - longest)
+    first = first_newer(1, n, now - longest)
   end
   local allowed = judge_all(check, now, last, first, nil, at)
-  if allowed then
+  if allowed and READ_PREVIOUS then
     -- The previous release's units can only deny more: a denial needs no look at them
     -- (its retry_after may then be short while both releases run; see the top).
     local previous, previous_newest = previous_ring(name, clock)
     if previous and previous_newest > now - longest then
-      key = name
       if previous_newest > last then
         last = previous_newest
         if last > now then
           now = last
-          first = first_inside(longest, now)
+          if n > 0 and oldest <= now - longest then
+            first = first_newer(1, n, now - longest)
+          end
         end
       end
       allowed = judge_all(check, now, last, first, previous, at)
@@ -538,9 +514,9 @@ local function decide(name, check, clock, at, peek_only)
     record(name, exists, check, now, clock, first)
   elseif exists and newest + longest > expires then
     -- Denied under a longer window than the key was kept for: it keeps what it holds that
-    -- long (nothing is counted).
+    -- long (nothing is counted); 27 is the expiry's offset in the header.
     local keep = newest + longest + floor(longest / 8)
-    redis.call('SETRANGE', key, EXPIRES_AT, struct.pack('<i6', keep))
+    redis.call('SETRANGE', key, 27, struct.pack('<i6', keep))
     redis.call('PEXPIRE', key, keep - clock)
   end
 end
@@ -558,14 +534,14 @@ local function parse(arg)
   if not cost or (mode ~= 'consume' and mode ~= 'peek' and mode ~= 'all' and mode ~= 'ask' and not age) then
     return false
   end
-  local limits, windows, count, capacity, smallest = {}, {}, 0, 0, MAX_LIMIT
+  local limits, windows, count, capacity, smallest = {}, {}, 0, 0, 4194304
   while at <= #arg do
     local l, w, next_at = string.match(arg, '^ (%d+) (%d+)()', at)
     if not l or count == 4 then
       return false
     end
     l, w = tonumber(l), tonumber(w)
-    if l < 1 or l >= MAX_LIMIT or w < 1 or w >= MAX_WINDOW or (count > 0 and w >= windows[count]) then
+    if l < 1 or l >= 4194304 or w < 1 or w >= 274877906944 or (count > 0 and w >= windows[count]) then
       return false
     end
     count = count + 1
@@ -586,15 +562,12 @@ if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
 end
 
 local clock_arg, rest = string.match(ARGV[1], '^(%d*)(.*)$')
--- Takes ' <word>' off the front of the rest of ARGV[1], if it is there.
-local function option(word)
-  if string.sub(rest, 1, #word + 1) ~= ' ' .. word then
-    return false
-  end
-  rest = string.sub(rest, #word + 2)
-  return true
+if string.sub(rest, 1, 9) == ' previous' then
+  READ_PREVIOUS, rest = true, string.sub(rest, 10)
 end
-READ_PREVIOUS, EXISTING_ONLY = option('previous'), option('existing')
+if string.sub(rest, 1, 9) == ' existing' then
+  EXISTING_ONLY, rest = true, string.sub(rest, 10)
+end
 local by = tonumber(string.match(rest, '^ by (%d+)$'))
 if rest ~= '' and not by then
   return redis.error_reply('ERR ratelimitd: invalid arguments: the first argument must be "[<clock ms>][ previous][ existing][ by <deadline ms>]"')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Redis CPU per check of two versions of the Redis script, alternating, in a Redis container
 # this script starts (the locally built image, reached at its own address): redis-benchmark
-# with 64 clients, -P 4, 16 checks per EVALSHA, keys uniform over 10,000. By default every key
+# with 64 clients, -P 4, 16 checks per EVALSHA (--checks N: N), keys uniform over 10,000. By default every key
 # is at its limit (300 per hour: every check is a denial); with --allowed each run uses fresh
 # keys, 32 checks each (every check is allowed). --limit N changes the limit (default 300).
 # Redis CPU comes from /proc/<pid>/stat.
@@ -12,18 +12,19 @@
 # looks for the previous release's ring as with --redis-previous-layout read, the default) or
 # "v2-ignore" (the same with --redis-previous-layout ignore).
 #
-# Usage: scripts/script-compare.sh [--allowed] [--limit N] [--rounds N] OLD.lua FORMAT NEW.lua FORMAT
+# Usage: scripts/script-compare.sh [--allowed] [--limit N] [--checks N] [--rounds N] OLD.lua FORMAT NEW.lua FORMAT
 #   e.g. scripts/script-compare.sh <(git show a9b3b1c:lua/sliding_window.lua) split lua/sliding_window.lua joined
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-limit=300 requests=100000 rounds=3 allowed=no
+limit=300 requests=100000 rounds=3 allowed=no checks=16
 while [ $# -gt 0 ]; do
   case "$1" in
     --allowed) allowed=yes requests=20000 ;;
     --limit) limit=${2:?--limit needs a number}; shift ;;
     --rounds) rounds=${2:?--rounds needs a number}; shift ;;
+    --checks) checks=${2:?--checks needs a number}; shift ;;
     -*) sed -n '2,15p' "$0" >&2; exit 2 ;;
     *) break ;;
   esac
@@ -66,22 +67,22 @@ if [ "$allowed" = no ]; then
   done
 fi
 
-echo "# Redis CPU per check, batches of 16, $requests calls per run, limit $limit"
+echo "# Redis CPU per check, batches of $checks, $requests calls per run, limit $limit"
 for round in $(seq "$rounds"); do
   for v in 0 1; do
     mapfile -t one < <(check_args "${formats[$v]}" 1)
     keys=() args=()
     prefix=rl
     [ "$allowed" = no ] || prefix="rl-$round-$v"
-    for _ in $(seq 16); do keys+=("$(key_of "$v" "$prefix" __rand_int__)"); args+=("${one[@]}"); done
+    for _ in $(seq "$checks"); do keys+=("$(key_of "$v" "$prefix" __rand_int__)"); args+=("${one[@]}"); done
     # redis-benchmark does not read replies: check once that the script decides such a call.
-    first=$(rcli EVALSHA "${shas[$v]}" 16 "${keys[@]//__rand_int__/check}" "$(first_arg "$v")" "${args[@]}" | head -n 1)
+    first=$(rcli EVALSHA "${shas[$v]}" "$checks" "${keys[@]//__rand_int__/check}" "$(first_arg "$v")" "${args[@]}" | head -n 1)
     case "$first" in 0 | 1) ;; *) echo "script-compare: script $((v + 1)) did not decide the call: $first" >&2; exit 1 ;; esac
     before=$(cpu_ticks "$redis_pid")
-    redis-benchmark -h "$redis_host" -c 64 -n "$requests" -r 10000 -P 4 EVALSHA "${shas[$v]}" 16 "${keys[@]}" "$(first_arg "$v")" "${args[@]}" >/dev/null
+    redis-benchmark -h "$redis_host" -c 64 -n "$requests" -r 10000 -P 4 EVALSHA "${shas[$v]}" "$checks" "${keys[@]}" "$(first_arg "$v")" "${args[@]}" >/dev/null
     after=$(cpu_ticks "$redis_pid")
-    # Ticks are 10 ms; 16 checks per call.
-    python3 -c "import sys; print(f'round {sys.argv[1]}, script {sys.argv[2]}: {(int(sys.argv[4]) - int(sys.argv[3])) * 10000 / (int(sys.argv[5]) * 16):.2f} us per check')" \
-      "$round" "$((v + 1))" "$before" "$after" "$requests"
+    # Ticks are 10 ms; $checks checks per call.
+    python3 -c "import sys; print(f'round {sys.argv[1]}, script {sys.argv[2]}: {(int(sys.argv[4]) - int(sys.argv[3])) * 10000 / (int(sys.argv[5]) * int(sys.argv[6])):.2f} us per check')" \
+      "$round" "$((v + 1))" "$before" "$after" "$requests" "$checks"
   done
 done
