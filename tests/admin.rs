@@ -52,8 +52,12 @@ async fn timeline_agrees_with_inspect_and_explain(backend: Backend) {
 
     // The record: every allowed request with its time and cost, one entry per millisecond.
     let mut allowed: Vec<(u64, u64)> = Vec::new();
+    let mut denied_at = 0;
     for cost in [1, 2, 1, 3, 1, 1] {
         let d = check(&mut client, "sk_live_partner", cost).await;
+        if !d.allowed {
+            denied_at = d.decided_at_ms;
+        }
         if d.allowed {
             match allowed.last_mut() {
                 Some(last) if last.0 == d.decided_at_ms => last.1 += u64::from(cost),
@@ -84,9 +88,12 @@ async fn timeline_agrees_with_inspect_and_explain(backend: Backend) {
     assert_eq!(window.next_free_unix_ms, inside[0].0 + 60_000, "when the oldest unit leaves");
     assert_eq!(window.empty_unix_ms, inside.last().unwrap().0 + 60_000);
     assert_eq!(inspected.fingerprint, fingerprint);
+    assert_eq!(inspected.last_denied_unix_ms, denied_at, "the cost of 3 was the last denial");
     // Reading counted nothing: the key is still exactly at its limit.
     let d = check(&mut client, "sk_live_partner", 1).await;
     assert!(!d.allowed && d.retry_after_ms == window.next_free_unix_ms - d.decided_at_ms, "{d:?}");
+    let inspected = admin.inspect(request(Key::Fingerprint(fingerprint.clone()), Some(TOKEN))).await.unwrap();
+    assert_eq!(inspected.into_inner().last_denied_unix_ms, d.decided_at_ms, "the latest denial");
 
     // A key of cost-1 requests only (Redis keeps it in its unit format).
     let mut units: Vec<(u64, u64)> = Vec::new();
@@ -189,13 +196,17 @@ async fn a_reset_frees_the_key_on_every_replica_and_no_other() {
     };
     let status = admin.reset(authorized("  ")).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(!check(&mut on_b, "sk_live_rotated", 1).await.allowed, "a refused reset changed nothing");
+    let denied_on_b = check(&mut on_b, "sk_live_rotated", 1).await;
+    assert!(!denied_on_b.allowed, "a refused reset changed nothing");
     let unauthenticated =
         admin.reset(Request::new(ResetRequest { fingerprint: fingerprint.clone(), reason: "x".into() }));
     assert_eq!(unauthenticated.await.unwrap_err().code(), Code::Unauthenticated);
 
     let reset = admin.reset(authorized("the partner rotated a leaked key")).await.unwrap().into_inner();
     assert!(reset.had_history);
+    // The reset took over two seconds: the other replica has told Redis its denial.
+    let inspected = admin.inspect(request(Key::Fingerprint(fingerprint.clone()), Some(TOKEN))).await.unwrap();
+    assert_eq!(inspected.into_inner().last_denied_unix_ms, denied_on_b.decided_at_ms, "replica b's denial, seen on a");
     let d = check(&mut on_b, "sk_live_rotated", 1).await;
     assert!(d.allowed && d.remaining == 4 && d.fallback == 0, "the other replica's cached denial is gone: {d:?}");
     assert!(check(&mut on_a, "sk_live_rotated", 1).await.allowed);

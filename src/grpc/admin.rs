@@ -97,8 +97,12 @@ impl<S: Store> AdminService<S> {
             None => return Err(Status::invalid_argument("name the key: key_id or fingerprint")),
         };
         let inspection = self.limiter.inspect(key).await.map_err(to_status)?;
-        if by_fingerprint && inspection.held.requests.is_empty() && !inspection.listed {
-            return Err(Status::not_found(format!("fingerprint {key} has no history and no override")));
+        if by_fingerprint
+            && inspection.held.requests.is_empty()
+            && !inspection.listed
+            && inspection.last_denied_ms.is_none()
+        {
+            return Err(Status::not_found(format!("fingerprint {key} has no history, no override and no denial")));
         }
         tracing::info!(audit = "admin read", method, actor = %actor, key = %key, "support desk read");
         Ok(inspection)
@@ -160,6 +164,7 @@ impl<S: Store> Admin for AdminService<S> {
             override_until_unix_ms: i.until_ms.unwrap_or(0),
             at_unix_ms: i.held.at_ms,
             windows,
+            last_denied_unix_ms: i.last_denied_ms.unwrap_or(0),
         }))
     }
 
@@ -279,6 +284,10 @@ async fn ask_and_print(
                 print!("; next unit frees at {}, empty at {}", time(w.next_free_unix_ms), time(w.empty_unix_ms));
             }
             println!();
+        }
+        match r.last_denied_unix_ms {
+            0 => println!("not denied in the last 7 days"),
+            at => println!("last denied at {}", time(at)),
         }
     }
     Ok(())

@@ -26,6 +26,9 @@ pub struct Inspection {
     pub listed: bool,
     /// What the store holds, and its time of the reading.
     pub held: Held,
+    /// When any replica last denied the key (the store's clock, Unix ms), if within
+    /// [`crate::store::DENIALS_KEPT`]; another replica's denials count a second late.
+    pub last_denied_ms: Option<u64>,
     /// Each window of the policy at the store's time.
     pub windows: Vec<WindowState>,
 }
@@ -83,6 +86,7 @@ impl<S: Store> Limiter<S> {
         let listed = policies.overrides.get(&key);
         let until_ms = listed.and_then(|o| o.until_ms);
         let windows = inspect::windows(&held.requests, &resolved.policy.limits, held.at_ms);
-        Ok(Inspection { key, resolved, until_ms, listed: listed.is_some(), held, windows })
+        let last_denied_ms = self.last_denial(&key).await?;
+        Ok(Inspection { key, resolved, until_ms, listed: listed.is_some(), held, windows, last_denied_ms })
     }
 }

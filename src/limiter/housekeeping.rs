@@ -1,7 +1,8 @@
 //! The limiter's own upkeep, in one task per limiter: drops history and cached
 //! denials that time has undone, writes the failure modes' admissions into the store
-//! once it answers, counts the replicas sharing the store, and probes the store so
-//! that its health stays true while no checks arrive.
+//! once it answers, counts the replicas sharing the store, applies other replicas' resets,
+//! tells the store this replica's denials, and probes the store so that its health stays
+//! true while no checks arrive.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -44,6 +45,7 @@ pub async fn run<S: Store>(limiter: Weak<Limiter<S>>) {
                 let Some(limiter) = limiter.upgrade() else { return };
                 limiter.count_replicas().await;
                 limiter.apply_resets().await;
+                limiter.tell_denials().await;
             }
             _ = settle.tick() => {
                 let Some(limiter) = limiter.upgrade() else { return };

@@ -4,6 +4,7 @@
 //! ([`multi`]), and its own housekeeping ([`housekeeping`]).
 
 mod breaker;
+mod denials;
 mod deny_cache;
 pub mod desk;
 mod failure;
@@ -107,6 +108,8 @@ pub struct Limiter<S> {
     owed: owed::Owed,
     /// The store's time up to which resets by any replica have been applied here.
     resets_seen: std::sync::atomic::AtomicU64,
+    /// This replica's denials the store has not been told yet.
+    denials: denials::Denials,
 }
 
 impl<S: Store> Limiter<S> {
@@ -130,6 +133,7 @@ impl<S: Store> Limiter<S> {
             known: known::Known::default(),
             owed: owed::Owed::default(),
             resets_seen: std::sync::atomic::AtomicU64::new(0),
+            denials: denials::Denials::default(),
         }
     }
 
@@ -232,6 +236,9 @@ impl<S: Store> Limiter<S> {
             // Only the store's denials say a key is throttled; a failure mode's say Redis is down.
             if !shadow && fallback.is_none() {
                 self.throttled.record(&key, resolved.alias.as_deref(), &decision);
+                if !decision.allowed {
+                    self.denials.note(&key, decision.decided_at_ms);
+                }
             }
         }
         let shadow_denied = outcome == CheckResult::ShadowDenied;

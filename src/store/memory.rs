@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Admitted, Held, KeyCheck, Store, StoreError};
+use super::{Admitted, DENIALS_KEPT, DENIED_KEYS_KEPT, Held, KeyCheck, Store, StoreError};
 use crate::domain::{Decision, Fingerprint, History, Limits, Mode};
 use crate::sync::lock;
 
@@ -18,6 +18,8 @@ const SHARDS: usize = 64;
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Mutex<HashMap<Fingerprint, History>>]>,
+    /// Each key's last denial ([`Store::note_denials`]).
+    denials: Mutex<HashMap<Fingerprint, u64>>,
 }
 
 impl Default for MemoryStore {
@@ -28,7 +30,7 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     pub fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect() }
+        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), denials: Mutex::default() }
     }
 
     /// How many keys are held.
@@ -93,6 +95,29 @@ impl Store for MemoryStore {
     async fn forget(&self, key: &Fingerprint) -> Result<bool, StoreError> {
         let now = now_ms();
         Ok(lock(self.shard(key)).remove(key).is_some_and(|h| !h.requests(now).is_empty()))
+    }
+
+    /// A later time replaces an earlier one; past [`DENIED_KEYS_KEPT`] keys, those denied
+    /// longest ago are dropped, as are denials older than [`DENIALS_KEPT`].
+    async fn note_denials(&self, denials: &[(Fingerprint, u64)]) -> Result<(), StoreError> {
+        let mut kept = lock(&self.denials);
+        for (key, at_ms) in denials {
+            let last = kept.entry(*key).or_insert(*at_ms);
+            *last = (*last).max(*at_ms);
+        }
+        let oldest = now_ms().saturating_sub(DENIALS_KEPT.as_millis() as u64);
+        kept.retain(|_, at_ms| *at_ms > oldest);
+        if kept.len() > DENIED_KEYS_KEPT {
+            let mut times: Vec<u64> = kept.values().copied().collect();
+            let cut = times.len() - DENIED_KEYS_KEPT;
+            let (_, &mut newest_dropped, _) = times.select_nth_unstable(cut - 1);
+            kept.retain(|_, at_ms| *at_ms > newest_dropped);
+        }
+        Ok(())
+    }
+
+    async fn last_denial(&self, key: &Fingerprint) -> Result<Option<u64>, StoreError> {
+        Ok(lock(&self.denials).get(key).copied())
     }
 
     /// Drops every key whose history has left its window, so memory stays bounded

@@ -14,6 +14,11 @@ use crate::domain::{Decision, Fingerprint, Limits, Mode};
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
+/// How long a store keeps the time of a key's last denial ([`Store::note_denials`]).
+pub const DENIALS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most keys whose last denial a store keeps: the latest denied ones.
+pub const DENIED_KEYS_KEPT: usize = 100_000;
+
 /// Decides and records one request atomically: concurrent calls for one key, from
 /// any number of replicas sharing the store, behave as if made one at a time.
 pub trait Store: Send + Sync + 'static {
@@ -69,6 +74,21 @@ pub trait Store: Send + Sync + 'static {
     /// replica: none.
     fn resets_since(&self, since_ms: u64) -> impl Future<Output = Result<(Vec<Fingerprint>, u64), StoreError>> + Send {
         async move { Ok((Vec::new(), since_ms)) }
+    }
+
+    /// Records each key's last denial (the store's clock, Unix ms), from one replica's
+    /// denials since it last said: a later time replaces an earlier one, and the store keeps
+    /// them for [`DENIALS_KEPT`], of the [`DENIED_KEYS_KEPT`] latest keys (the support desk's
+    /// Inspect). A store that keeps no record ignores them.
+    fn note_denials(&self, denials: &[(Fingerprint, u64)]) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = denials;
+        async { Ok(()) }
+    }
+
+    /// When `key` was last denied, as [`Store::note_denials`] recorded it.
+    fn last_denial(&self, key: &Fingerprint) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send {
+        let _ = key;
+        async { Ok(None) }
     }
 
     /// Where the store is, for log lines: `host:port`s, never a secret.

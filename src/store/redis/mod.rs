@@ -27,7 +27,7 @@ use self::connect::Pools;
 use self::lanes::Lanes;
 pub use self::options::{RedisEndpoint, RedisOptions, RedisTls};
 use self::script::{Check, Owed, Reply, decode};
-use super::{Admitted, Held, KeyCheck, Store, StoreError, peek_then_count};
+use super::{Admitted, DENIALS_KEPT, DENIED_KEYS_KEPT, Held, KeyCheck, Store, StoreError, peek_then_count};
 use crate::domain::{Decision, Fingerprint, Limits, Mode};
 use crate::metrics;
 
@@ -271,6 +271,50 @@ impl Store for RedisStore {
             let (time, keys): ((u64, u64), Vec<String>) =
                 pipe.query_async(&mut conn).await.map_err(|e| lanes.failed(e))?;
             Ok((keys.iter().filter_map(|hex| Fingerprint::from_hex(hex)).collect(), unix_ms(time)))
+        };
+        lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
+    }
+
+    /// On the control lane, by `--redis-timeout`: the sorted set `<prefix>denials`, each key's
+    /// fingerprint scored by its last denial (`ZADD GT`), trimmed to [`DENIALS_KEPT`] and the
+    /// [`DENIED_KEYS_KEPT`] latest. Plain commands, not a script.
+    async fn note_denials(&self, denials: &[(Fingerprint, u64)]) -> Result<(), StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.control_lane();
+        let name = format!("{}denials", self.key_prefix);
+        let kept = DENIALS_KEPT.as_millis() as u64;
+        let newest = denials.iter().map(|(_, at_ms)| *at_ms).max().unwrap_or(0);
+        let call = async {
+            let mut conn = lanes.connection(lane).await?;
+            let mut pipe = redis::pipe();
+            for part in denials.chunks(1_000) {
+                let add = pipe.cmd("ZADD").arg(&name).arg("GT");
+                for (key, at_ms) in part {
+                    add.arg(*at_ms).arg(key.to_string());
+                }
+                add.ignore();
+            }
+            pipe.cmd("ZREMRANGEBYSCORE").arg(&name).arg("-inf").arg(newest.saturating_sub(kept)).ignore();
+            pipe.cmd("ZREMRANGEBYRANK").arg(&name).arg(0).arg(-(DENIED_KEYS_KEPT as i64) - 1).ignore();
+            pipe.cmd("PEXPIRE").arg(&name).arg(kept).ignore();
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| lanes.failed(e))
+        };
+        lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
+    }
+
+    async fn last_denial(&self, key: &Fingerprint) -> Result<Option<u64>, StoreError> {
+        let lanes = &self.batches.lanes;
+        let lane = lanes.control_lane();
+        let name = format!("{}denials", self.key_prefix);
+        let call = async {
+            let mut conn = lanes.connection(lane).await?;
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(&name)
+                .arg(key.to_string())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| lanes.failed(e))?;
+            Ok(score.map(|ms| ms as u64))
         };
         lanes.bounded(lane, Instant::now() + lanes.timeout, call).await
     }
