@@ -27,7 +27,8 @@ async fn main() -> ExitCode {
                 }
             };
             let tls = ask.ca.map(|ca| (ca, ask.identity));
-            return ratelimitd::grpc::admin::ask(ask.what, &ask.reason, &ask.target, &ask.token, key, tls).await;
+            return ratelimitd::grpc::admin::ask(ask.what, &ask.reason, &ask.target, ask.token.as_deref(), key, tls)
+                .await;
         }
         Next::Exit(code) => return code,
     };

@@ -160,7 +160,9 @@ fn the_admin_service_needs_its_tokens() {
     let out = run(&["--admin-listen", "127.0.0.1:0"]);
     let error = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{error}");
-    assert!(error.contains("--admin-tokens-file") && error.lines().count() == 1, "{error}");
+    assert!(error.contains("--admin-tokens-file or --admin-client-ca") && error.lines().count() == 1, "{error}");
+    let out = run(&["--admin-listen", "127.0.0.1:0", "--admin-client-ca", "ca.pem"]);
+    assert_eq!(out.status.code(), Some(2), "mutual TLS needs the listener's own certificate (--tls-cert)");
     let mut short = tempfile::NamedTempFile::new().unwrap();
     writeln!(short, "alice short").unwrap();
     let out = run(&["--admin-listen", "127.0.0.1:0", "--admin-tokens-file", short.path().to_str().unwrap()]);
@@ -299,4 +301,57 @@ async fn the_admin_service_serves_tls_like_the_grpc_listener() {
     let plaintext = inspect(&[]);
     let error = String::from_utf8_lossy(&plaintext.stderr);
     assert!(plaintext.status.code() == Some(1) && !error.contains("NotFound"), "{error}");
+}
+
+/// With `--admin-client-ca`, the desk knows callers by certificate: one signed by that CA is
+/// answered without a token and named by its subject in the audit line; one signed by another
+/// CA (a gateway's, say), or none, is refused in the handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_desk_knows_callers_by_their_certificate() {
+    let (service_ca, desk_ca) = (common::pki::Pki::new(), common::pki::Pki::new());
+    let (cert, key) = service_ca.issue(&["127.0.0.1"]);
+    let (alice_cert, alice_key) = desk_ca.issue(&["desk-alice"]);
+    let (gateway_cert, gateway_key) = service_ca.issue(&["gateway-7"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key, ca) = (file("cert.pem", &cert), file("key.pem", &key), file("ca.pem", &service_ca.ca));
+    let desk_ca = file("desk-ca.pem", &desk_ca.ca);
+    let (alice_cert, alice_key) = (file("alice.pem", &alice_cert), file("alice.key", &alice_key));
+    let (gateway_cert, gateway_key) = (file("gateway.pem", &gateway_cert), file("gateway.key", &gateway_key));
+    let partner = file("partner.key", "sk_live_partner_cert");
+    let admin = format!("127.0.0.1:{}", common::free_port());
+    let flags = ["--tls-cert", &cert, "--tls-key", &key, "--admin-listen", &admin, "--admin-client-ca", &desk_ca];
+    let server = common::process::Process::start_logging(&flags, "info");
+    let inspect = |identity: Option<(&str, &str)>| {
+        let mut args = vec!["admin", "inspect", "--target", &admin, "--key-file", &partner, "--ca-file", &ca];
+        if let Some((cert, key)) = identity {
+            args.extend(["--client-cert", cert, "--client-key", key]);
+        }
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    let started = std::time::Instant::now();
+    let answered = loop {
+        let out = inspect(Some((&alice_cert, &alice_key)));
+        if out.status.success() || started.elapsed() > std::time::Duration::from_secs(10) {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let printed = String::from_utf8_lossy(&answered.stdout);
+    assert!(answered.status.success(), "{printed} {} {}", String::from_utf8_lossy(&answered.stderr), server.logs());
+    assert!(printed.contains("policy default") && printed.contains("not denied"), "{printed}");
+    for refused in [inspect(Some((&gateway_cert, &gateway_key))), inspect(None)] {
+        let error = String::from_utf8_lossy(&refused.stderr);
+        assert!(refused.status.code() == Some(1) && !refused.status.success(), "{error}");
+        assert!(refused.stdout.is_empty(), "{error}");
+    }
+    let logs = server.logs();
+    let reads: Vec<&str> = logs.lines().filter(|l| l.contains("audit=\"admin read\"")).collect();
+    assert_eq!(reads.len(), 1, "only the desk's certificate got an answer: {logs}");
+    assert!(reads[0].contains("actor=CN=desk-alice "), "{}", reads[0]);
+    assert!(!logs.contains("sk_live_partner_cert"), "the raw key reached the logs");
 }

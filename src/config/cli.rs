@@ -31,8 +31,8 @@ pub struct Cli {
     pub http_listen: Option<SocketAddr>,
 
     /// Address of the support desk's admin service (ratelimit.admin.v1.Admin: Inspect and
-    /// Explain a key's history). Off unless given; needs --admin-tokens-file. Keep it off the
-    /// gateways' network.
+    /// Explain a key's history). Off unless given; needs --admin-tokens-file or
+    /// --admin-client-ca. Keep it off the gateways' network.
     #[arg(long, help_heading = "Serving", env = "RATELIMITD_ADMIN_LISTEN", value_parser = parse_address)]
     pub admin_listen: Option<SocketAddr>,
 
@@ -40,6 +40,13 @@ pub struct Cli {
     /// bytes); a call needs `authorization: Bearer <token>`, and its log line names the caller.
     #[arg(long, help_heading = "Serving", env = "RATELIMITD_ADMIN_TOKENS_FILE")]
     pub admin_tokens_file: Option<PathBuf>,
+
+    /// Mutual TLS for the admin service: callers need a certificate signed by this CA (PEM),
+    /// whose subject names the caller in the log lines. Needs --tls-cert; apart from
+    /// --tls-client-ca, so that a gateway's certificate opens no desk. With
+    /// --admin-tokens-file too, a call needs both.
+    #[arg(long, help_heading = "Serving", env = "RATELIMITD_ADMIN_CLIENT_CA", requires = "tls_cert")]
+    pub admin_client_ca: Option<PathBuf>,
 
     /// The request header holding the API key for forward authentication (/v1/auth).
     #[arg(long, help_heading = "Serving", env = "RATELIMITD_HTTP_KEY_HEADER", default_value = "x-api-key")]
@@ -317,9 +324,10 @@ pub struct AdminArgs {
     /// host:port of the admin service (--admin-listen).
     #[arg(long)]
     pub target: String,
-    /// File holding the bearer token (a token of the service's --admin-tokens-file).
+    /// File holding the bearer token (a token of the service's --admin-tokens-file); not
+    /// needed where the service knows callers by certificate alone (--admin-client-ca).
     #[arg(long)]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// File holding the raw API key, or - for stdin (a final line break is not part of it).
     #[arg(long, required_unless_present = "fingerprint", conflicts_with = "fingerprint")]
     pub key_file: Option<PathBuf>,
@@ -329,7 +337,8 @@ pub struct AdminArgs {
     /// The CA (PEM) that signed the service's certificate, when it serves TLS (--tls-cert).
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
-    /// This client's certificate and key (PEM), when the service requires them (--tls-client-ca).
+    /// This client's certificate and key (PEM), when the service requires them
+    /// (--admin-client-ca, or --tls-client-ca).
     #[arg(long, requires = "client_key", requires = "ca_file")]
     pub client_cert: Option<PathBuf>,
     #[arg(long, requires = "client_cert")]

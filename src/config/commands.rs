@@ -132,7 +132,7 @@ pub struct AdminAsk {
     /// A reset's reason.
     pub reason: String,
     pub target: String,
-    pub token: String,
+    pub token: Option<String>,
     /// The raw key, or else the fingerprint.
     pub key_id: Option<String>,
     pub fingerprint: Option<String>,
@@ -155,7 +155,8 @@ fn admin_ask(action: &AdminAction) -> Result<AdminAsk, String> {
         };
         Ok(text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_owned())
     };
-    let token = read(&args.token_file, "--token-file")?.trim().to_owned();
+    let token = args.token_file.as_deref().map(|path| read(path, "--token-file")).transpose()?;
+    let token = token.map(|t| t.trim().to_owned());
     let key_id = args.key_file.as_deref().map(|path| read(path, "--key-file")).transpose()?;
     let pem = |path: &Path, flag: &str| std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()));
     let ca = args.ca_file.as_deref().map(|path| pem(path, "--ca-file")).transpose()?;

@@ -1,7 +1,9 @@
 //! `ratelimit.admin.v1.Admin`, the support desk's service (on its own listener, see
 //! `--admin-listen`): Inspect and Explain read a key's exact history without counting
 //! anything. Every call needs `authorization: Bearer <token>`, a token of
-//! `--admin-tokens-file`, whose name is the actor of the call's log line.
+//! `--admin-tokens-file`, whose name is the actor of the call's log line, or a client
+//! certificate of `--admin-client-ca` (checked in the TLS handshake), whose subject is; or
+//! both, where both are configured.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,39 +25,75 @@ use pb::admin_server::{Admin, AdminServer};
 use pb::key_request::Key;
 use pb::{CountedRequest, ExplainResponse, InspectResponse, KeyRequest, ResetRequest, ResetResponse, WindowState};
 
-/// The callers the desk knows: each token's SHA-256, to the name it acts under.
+/// The callers the desk knows: each token's SHA-256, to the name it acts under (no tokens:
+/// none needed), and whether callers show a certificate (mutual TLS).
 #[derive(Clone)]
-pub struct Tokens(Arc<HashMap<[u8; 32], Arc<str>>>);
+pub struct Callers {
+    tokens: Option<Arc<HashMap<[u8; 32], Arc<str>>>>,
+    certificates: bool,
+}
 
-impl Tokens {
-    /// From (name, token) pairs, as `--admin-tokens-file` lists them.
-    pub fn new(entries: &[(String, String)]) -> Self {
+impl Callers {
+    /// From (name, token) pairs, as `--admin-tokens-file` lists them (none: callers are known
+    /// by `certificates` alone), and whether the listener requires client certificates.
+    pub fn new(entries: &[(String, String)], certificates: bool) -> Self {
         let map = entries.iter().map(|(name, token)| (Sha256::digest(token.as_bytes()).into(), name.as_str().into()));
-        Self(Arc::new(map.collect()))
+        let tokens = (!entries.is_empty()).then(|| Arc::new(map.collect()));
+        Self { tokens, certificates }
     }
 
-    /// The interceptor that refuses a call without a known token, and records its actor.
+    /// The interceptor that refuses a call without a known token or certificate, and
+    /// records its actor: the token's name, the certificate's subject, or both.
     fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request.metadata().get("authorization").ok_or_else(|| {
-            Status::unauthenticated("the admin service needs `authorization: Bearer <token>` (--admin-tokens-file)")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))?;
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        let actor = self
-            .0
-            .get(&digest)
-            .cloned()
-            .ok_or_else(|| Status::permission_denied("this token is not one of --admin-tokens-file"))?;
+        let subject = if self.certificates {
+            let certificates = request.peer_certs().unwrap_or_default();
+            let first = certificates.first().ok_or_else(|| {
+                Status::unauthenticated("the admin service needs a client certificate (--admin-client-ca)")
+            })?;
+            Some(subject(first.as_ref())?)
+        } else {
+            None
+        };
+        let name = match &self.tokens {
+            Some(tokens) => Some(token_name(tokens, &request)?),
+            None => None,
+        };
+        let actor: Arc<str> = match (name, subject) {
+            (Some(name), Some(subject)) => format!("{name} ({subject})").into(),
+            (Some(name), None) => name,
+            (None, Some(subject)) => subject.into(),
+            (None, None) => return Err(Status::unauthenticated("the admin service knows no caller")),
+        };
         request.extensions_mut().insert(Actor(actor));
         Ok(request)
     }
 }
 
-/// Who made an admin call: its token's name.
+/// The subject of a client certificate (DER), as `CN=..., O=...`.
+fn subject(der: &[u8]) -> Result<String, Status> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| Status::unauthenticated("the client certificate cannot be read"))?;
+    Ok(certificate.subject().to_string())
+}
+
+/// The name of the token a request carries, or why it is refused.
+fn token_name(tokens: &HashMap<[u8; 32], Arc<str>>, request: &Request<()>) -> Result<Arc<str>, Status> {
+    let header = request.metadata().get("authorization").ok_or_else(|| {
+        Status::unauthenticated("the admin service needs `authorization: Bearer <token>` (--admin-tokens-file)")
+    })?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))?;
+    let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    tokens
+        .get(&digest)
+        .cloned()
+        .ok_or_else(|| Status::permission_denied("this token is not one of --admin-tokens-file"))
+}
+
+/// Who made an admin call: its token's name, its certificate's subject, or both.
 #[derive(Clone)]
 struct Actor(Arc<str>);
 
@@ -76,15 +114,15 @@ pub struct AdminService<S> {
     limiter: Arc<Limiter<S>>,
 }
 
-/// The service behind its token check, ready to serve.
+/// The service behind its caller check, ready to serve.
 pub fn server<S: Store>(
     limiter: Arc<Limiter<S>>,
-    tokens: Tokens,
+    callers: Callers,
 ) -> tonic::service::interceptor::InterceptedService<
     AdminServer<AdminService<S>>,
     impl tonic::service::Interceptor + Clone,
 > {
-    AdminServer::with_interceptor(AdminService { limiter }, move |request| tokens.check(request))
+    AdminServer::with_interceptor(AdminService { limiter }, move |request| callers.check(request))
 }
 
 impl<S: Store> AdminService<S> {
@@ -197,7 +235,7 @@ pub async fn ask(
     what: &str,
     reason: &str,
     target: &str,
-    token: &str,
+    token: Option<&str>,
     key: Key,
     tls: Option<ClientTls>,
 ) -> std::process::ExitCode {
@@ -214,7 +252,7 @@ async fn ask_and_print(
     what: &str,
     reason: &str,
     target: &str,
-    token: &str,
+    token: Option<&str>,
     key: Key,
     tls: Option<ClientTls>,
 ) -> Result<(), String> {
@@ -233,10 +271,14 @@ async fn ask_and_print(
         endpoint = endpoint.tls_config(config).map_err(|e| format!("TLS: {e}"))?;
     }
     let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {target}: {e}"))?;
-    let bearer: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot".to_owned())?;
+    let bearer: Option<tonic::metadata::MetadataValue<_>> = token
+        .map(|token| format!("Bearer {token}").parse())
+        .transpose()
+        .map_err(|_| "the token holds characters a header cannot".to_owned())?;
     let mut client = AdminClient::with_interceptor(channel, move |mut request: Request<()>| {
-        request.metadata_mut().insert("authorization", bearer.clone());
+        if let Some(bearer) = &bearer {
+            request.metadata_mut().insert("authorization", bearer.clone());
+        }
         Ok(request)
     });
     let refused = |status: Status| format!("{:?}: {}", status.code(), status.message());
