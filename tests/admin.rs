@@ -259,6 +259,13 @@ async fn the_client_resets_a_key_on_the_record() {
     assert!(!logs.contains("sk_live_partner_key"), "the raw key reached the logs");
 }
 
+/// Writes `text` to `name` in `dir` and returns its path.
+fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
 /// With `--tls-cert`, the admin listener serves TLS too: the client with the CA (`--ca-file`)
 /// is answered, one in plaintext is not.
 #[tokio::test(flavor = "multi_thread")]
@@ -266,11 +273,7 @@ async fn the_admin_service_serves_tls_like_the_grpc_listener() {
     let pki = common::pki::Pki::new();
     let (cert, key) = pki.issue(&["127.0.0.1"]);
     let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
+    let file = |name: &str, text: &str| write_file(&dir, name, text);
     let (cert, key, ca) = (file("cert.pem", &cert), file("key.pem", &key), file("ca.pem", &pki.ca));
     let tokens = file("tokens", &format!("alice {TOKEN}\n"));
     let token = file("token", TOKEN);
@@ -313,11 +316,7 @@ async fn the_desk_knows_callers_by_their_certificate() {
     let (alice_cert, alice_key) = desk_ca.issue(&["desk-alice"]);
     let (gateway_cert, gateway_key) = service_ca.issue(&["gateway-7"]);
     let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
+    let file = |name: &str, text: &str| write_file(&dir, name, text);
     let (cert, key, ca) = (file("cert.pem", &cert), file("key.pem", &key), file("ca.pem", &service_ca.ca));
     let desk_ca = file("desk-ca.pem", &desk_ca.ca);
     let (alice_cert, alice_key) = (file("alice.pem", &alice_cert), file("alice.key", &alice_key));
