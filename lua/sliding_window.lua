@@ -87,34 +87,33 @@
 -- only their own units until they are replaced.
 --
 -- Cost of a call: Redis runs this whole file on every call, making each of its functions
--- anew, and each name of this file that a function uses costs that call time. So the
--- functions are few, and the layout's numbers are written where they are used, not named:
--- 40, the header's bytes; 2, its format; 16777216, the modulo of counts (2^24); 512, the
--- largest limit under which a key of cost-1 requests keeps K = 0; 4096, the bytes of entries
--- from which a full ring grows in place.
+-- anew, and each local of this file that a function uses costs that call an allocation. So
+-- the functions are few and use few such names: the layout's numbers are written where they
+-- are used, not named (40, the header's bytes; 2, its format; 16777216, the modulo of counts,
+-- 2^24; 512, the largest limit under which a key of cost-1 requests keeps K = 0; 4096, the
+-- bytes of entries from which a full ring grows in place), the hot paths halve by x - x % 2
+-- rather than math.floor, and rare paths call math.* by name.
 
--- The header's struct format; an entry's by its width T + K (3: T = 3, K = 0; 5: T = 5, K = 0;
--- 8: T = 5, K = 3), and times' modulo by T.
+-- The header's struct format.
 local LAYOUT = '<BBBI4I4I4i6i6i6I3I4'
-local ENTRY, WRAP = {[3] = '<I3', [5] = '<I5', [8] = '<I5I3'}, {[3] = 16777216, [5] = 1099511627776}
 local READ_PREVIOUS -- ARGV[1] asks for the previous release's rings (set below)
 local EXISTING_ONLY -- ARGV[1] says Redis is full: count only where a key has room (below)
-local floor, min, max = math.floor, math.min, math.max
 
--- The history being decided, set by decide() for the helpers below.
-local key, T, K, width, C, head, n, newest, oldest, expires, base, total, modulo
-local seen_t, seen_c
+-- The history being decided, set by decide() for the helpers below: its header's fields, and
+-- its entries' struct format (T = 3, K = 0: '<I3'; T = 5, K = 0: '<I5'; T = 5, K = 3:
+-- '<I5I3'), width and times' modulo.
+local key, T, K, entry, width, C, head, n, newest, oldest, expires, base, total, modulo
+local seen -- the entries read for this check: entry j's time at 2j, its count at 2j + 1
 
 -- The time and count of entry j, 0 = oldest (each read at most once per check).
 local function read(j)
   local offset = 40 + ((head + j) % C) * width
   local raw = redis.call('GETRANGE', key, offset, offset + width - 1)
-  local stamp, cum = struct.unpack(ENTRY[width], raw)
-  seen_t = seen_t or {}
-  seen_t[j] = newest - (newest % modulo - stamp) % modulo
+  local stamp, cum = struct.unpack(entry, raw)
+  seen = seen or {}
+  seen[2 * j] = newest - (newest % modulo - stamp) % modulo
   if K > 0 then
-    seen_c = seen_c or {}
-    seen_c[j] = cum
+    seen[2 * j + 1] = cum
   end
 end
 
@@ -125,10 +124,10 @@ local function time_at(j)
   elseif j == n - 1 then
     return newest
   end
-  local t = seen_t and seen_t[j]
+  local t = seen and seen[2 * j]
   if not t then
     read(j)
-    t = seen_t[j]
+    t = seen[2 * j]
   end
   return t
 end
@@ -142,10 +141,10 @@ local function before(j)
   elseif K == 0 then
     return j
   end
-  local cum = seen_c and seen_c[j - 1]
+  local cum = seen and seen[2 * j - 1]
   if not cum then
     read(j - 1)
-    cum = seen_c[j - 1]
+    cum = seen[2 * j - 1]
   end
   return (cum - base) % 16777216
 end
@@ -158,14 +157,20 @@ local function first_newer(lo, hi, cutoff, back)
   local step = 1
   while lo < hi do
     if back then
-      local probe = max(hi - step, lo)
+      local probe = hi - step
+      if probe < lo then
+        probe = lo
+      end
       if time_at(probe) <= cutoff then
         lo = probe + 1
         break
       end
       hi = probe
     else
-      local probe = min(lo + step - 1, hi - 1)
+      local probe = lo + step - 1
+      if probe >= hi then
+        probe = hi - 1
+      end
       if time_at(probe) > cutoff then
         hi = probe
         break
@@ -175,7 +180,8 @@ local function first_newer(lo, hi, cutoff, back)
     step = step * 2
   end
   while lo < hi do
-    local mid = floor((lo + hi) / 2)
+    local mid = lo + hi
+    mid = (mid - mid % 2) / 2
     if time_at(mid) > cutoff then
       hi = mid
     else
@@ -191,20 +197,20 @@ end
 local previous_left
 local function previous_ring(name, now)
   if previous_left == nil then
-    local rings = {}
-    for k = 1, #KEYS do
-      if string.byte(KEYS[k], -1) == 50 and string.sub(KEYS[k], -3) == '}:2' then
-        rings[#rings + 1] = string.sub(KEYS[k], 1, -3)
-      end
+    -- Every name less its last two bytes (one not ending in '}:2' is asked about in vain:
+    -- the check below skips it).
+    local rings = {unpack(KEYS)}
+    for k = 1, #rings do
+      rings[k] = string.sub(rings[k], 1, -3)
     end
-    previous_left = #rings > 0 and redis.call('EXISTS', unpack(rings)) > 0
+    previous_left = redis.call('EXISTS', unpack(rings)) > 0
   end
   if not previous_left or string.sub(name, -3) ~= '}:2' then
     return nil
   end
   local ring = string.sub(name, 1, -3)
-  local header = redis.call('GETRANGE', ring, '0', '39')
-  if #header < 40 then
+  local header = redis.pcall('GETRANGE', ring, '0', '39')
+  if type(header) ~= 'string' or #header < 40 then
     return nil
   end
   local capacity, ring_head, _, format, _, ring_newest = struct.unpack('<I4I4I4I4i8i8', header)
@@ -216,7 +222,7 @@ local function previous_ring(name, now)
     -- The ring's first slot newer than `after` (its slots run oldest to newest).
     local lo, hi = 0, capacity
     while lo < hi do
-      local mid = floor((lo + hi) / 2)
+      local mid = math.floor((lo + hi) / 2)
       if not slots[mid] then
         local offset = 40 + ((ring_head + mid) % capacity) * 8
         slots[mid] = struct.unpack('<i8', redis.call('GETRANGE', ring, offset, offset + 7))
@@ -268,7 +274,8 @@ local function judge_all(check, now, last, first, previous, at)
         if K > 0 then
           j = f
           while j < hi do
-            local mid = floor((j + hi) / 2)
+            local mid = j + hi
+            mid = (mid - mid % 2) / 2
             if before(mid + 1) > unit then
               hi = mid
             else
@@ -282,7 +289,7 @@ local function judge_all(check, now, last, first, previous, at)
         -- rollout), a bisection over time.
         local lo, hi = cutoff + 1, now
         while lo < hi do
-          local t = floor((lo + hi) / 2)
+          local t = math.floor((lo + hi) / 2)
           if units - (total - before(first_newer(f, n, t)) + previous(t)) >= need then
             hi = t
           else
@@ -298,29 +305,12 @@ local function judge_all(check, now, last, first, previous, at)
   return allowed
 end
 
--- The entry format (time bytes, count bytes) that counting `check` needs: K = 3 once a
--- request costs more than 1 or a limit is above 512 (or the key has it), else 0; T = 3 for a
--- key of units (K = 0) under windows below 2^22 ms (70 minutes), else 5, and never less than
--- the key's. Every entry held is within the longest window of the newest, and times decode
--- exactly within a quarter of 2^(8T) ms. Only keys of units (at most 512 entries) ever change
--- format.
-local function widths(check, exists)
-  local t_bytes, k_bytes = 5, 0
-  if check.cost > 1 or check.capacity > 512 or (exists and K > 0) then
-    k_bytes = 3
-  elseif check.windows[1] < 4194304 then
-    t_bytes = 3
-  end
-  if exists and T > t_bytes then
-    t_bytes = T
-  end
-  return t_bytes, k_bytes
-end
-
--- The whole value of a history holding entries keep..n-1 and then one at `now`, in entry
--- format (t_bytes, k_bytes) and `capacity` entries: for a new key, a wider entry or a full ring.
-local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
+-- The whole value of a history holding entries keep..n-1 and then one at `now` of `cost`, in
+-- entries of t_bytes + k_bytes (see decide) and `capacity` of them, after its `header`: for a
+-- new key, a wider entry or a full ring.
+local function rewrite(header, keep, now, cost, t_bytes, k_bytes, capacity)
   local kept, body = n - keep, ''
+  local format, wrap = t_bytes == 3 and '<I3' or k_bytes == 0 and '<I5' or '<I5I3', t_bytes == 3 and 16777216 or 1099511627776
   if kept > 0 then
     local all = redis.call('GETRANGE', key, 40, 40 + C * width - 1)
     if t_bytes == T and k_bytes == K then
@@ -331,9 +321,9 @@ local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
         body = string.sub(all, from * width + 1) .. string.sub(all, 1, to * width)
       end
     else
-      local parts, format, wrap = {}, ENTRY[t_bytes + k_bytes], WRAP[t_bytes]
+      local parts = {}
       for j = keep, n - 1 do
-        local stamp, cum = struct.unpack(ENTRY[width], all, ((head + j) % C) * width + 1)
+        local stamp, cum = struct.unpack(entry, all, ((head + j) % C) * width + 1)
         if K == 0 then
           cum = base + j + 1
         end
@@ -343,16 +333,16 @@ local function rewrite(keep, now, cost, t_bytes, k_bytes, capacity)
       body = table.concat(parts)
     end
   end
-  local entry = struct.pack(ENTRY[t_bytes + k_bytes], now % WRAP[t_bytes], (base + total + cost) % 16777216)
-  return body .. entry .. string.rep('\0', (capacity - kept - 1) * (t_bytes + k_bytes))
+  return header .. body .. struct.pack(format, now % wrap, (base + total + cost) % 16777216) ..
+    string.rep('\0', (capacity - kept - 1) * (t_bytes + k_bytes))
 end
 
--- Counts an allowed request of `cost` at `now` (`clock`: the call's own clock), having found
--- `first`, the first entry inside the longest window: drops the entries before it, then adds
--- one (or, at the newest entry's millisecond, adds to it).
-local function record(name, exists, check, now, clock, first)
-  local cost, longest = check.cost, check.windows[1]
-  local t_bytes, k_bytes = widths(check, exists)
+-- Counts an allowed request of `cost` under `check` at `now` (`clock`: the call's own clock) in
+-- entries of t_bytes + k_bytes, having found `first`, the first entry inside the longest
+-- window: drops the entries before it, then adds one (or, at the newest entry's millisecond,
+-- adds to it).
+local function record(name, exists, check, cost, now, clock, first, t_bytes, k_bytes)
+  local longest = check.windows[1]
   if not exists then
     key, T, K, C, head, n, newest, oldest, expires, base, total = name, t_bytes, k_bytes, 1, 0, 0, 0, now, 0, 0, 0
     first = 0
@@ -363,7 +353,8 @@ local function record(name, exists, check, now, clock, first)
   local kept = n - first
   local new_expires = expires
   if expires < now + longest then
-    new_expires = now + longest + floor(longest / 8)
+    local slack = longest / 8
+    new_expires = now + longest + slack - slack % 1
   end
   local held = total - dropped + cost
   local same = exists and t_bytes == T and k_bytes == K
@@ -373,7 +364,7 @@ local function record(name, exists, check, now, clock, first)
     -- the ring's entries lie unwrapped from the head. (Redis may over-allocate a string grown
     -- so, by up to twice below 1 MB: a small price at this size, too much for small keys,
     -- which are rewritten at their exact size.)
-    local capacity = C + max(head + 1, min(C, check.capacity - C), floor(C / 4))
+    local capacity = C + math.max(head + 1, math.min(C, check.capacity - C), math.floor(C / 4))
     redis.call('SETRANGE', key, 40 + capacity * width - 1, '\0')
     if head > 0 then
       redis.call('SETRANGE', key, 40 + C * width, redis.call('GETRANGE', key, 40, 40 + head * width - 1))
@@ -388,7 +379,7 @@ local function record(name, exists, check, now, clock, first)
       last, kept = n - 1, kept - 1
     end
     redis.call('SETRANGE', key, 40 + ((head + last) % C) * width,
-      struct.pack(ENTRY[width], now % modulo, (base + total + cost) % 16777216))
+      struct.pack(entry, now % modulo, (base + total + cost) % 16777216))
     redis.call('SETRANGE', key, '0', struct.pack(LAYOUT, 2, T, K, C, (head + first) % C, kept + 1, now, next_oldest,
       new_expires, new_base, held))
   else
@@ -398,14 +389,14 @@ local function record(name, exists, check, now, clock, first)
     if exists then
       capacity = C
       if kept >= C then
-        capacity = min(2 * C, check.capacity)
+        capacity = math.min(2 * C, check.capacity)
         if capacity <= kept then
-          capacity = kept + max(1, floor(kept / 4))
+          capacity = kept + math.max(1, math.floor(kept / 4))
         end
       end
     end
-    local value = struct.pack(LAYOUT, 2, t_bytes, k_bytes, capacity, 0, kept + 1, now, next_oldest, new_expires,
-      new_base, held) .. rewrite(first, now, cost, t_bytes, k_bytes, capacity)
+    local value = rewrite(struct.pack(LAYOUT, 2, t_bytes, k_bytes, capacity, 0, kept + 1, now, next_oldest,
+      new_expires, new_base, held), first, now, cost, t_bytes, k_bytes, capacity)
     if not exists then
       -- Its expiry relative to the call's clock, so a caller clock behind Redis's expires
       -- nothing early.
@@ -419,106 +410,126 @@ local function record(name, exists, check, now, clock, first)
   end
 end
 
--- Whether counting `check` at `now` needs no new key and no bigger or wider value: all that a
--- full Redis still allows (EXISTING_ONLY).
-local function in_place(check, exists, now, first)
-  if not exists then
-    return false
-  end
-  local t_bytes, k_bytes = widths(check, true)
-  return t_bytes == T and k_bytes == K and (n - first < C or (K > 0 and newest == now))
-end
-
--- Counts the owed request `check` in the key decide() read (see "Owed requests" at the top),
--- writing 1 into `out` at `at`; or returns why it could not, having written nothing.
-local function owe(name, exists, check, clock, at)
-  local longest = check.windows[1]
-  local now = max(clock - check.age, exists and newest or 0)
-  out[at] = 1
-  if now <= clock - longest then
-    return
-  end
-  local first = 0
-  if n > 0 and oldest <= now - longest then
-    first = first_newer(1, n, now - longest)
-  end
-  local counted = {cost = min(check.cost, check.capacity - (total - before(first))), windows = check.windows,
-                   capacity = check.capacity}
-  if counted.cost <= 0 then
-    return
-  elseif EXISTING_ONLY and not in_place(counted, exists, now, first) then
-    return 'OOM ratelimitd: Redis is full (maxmemory) and key ' .. name .. ' has no room for an owed request; nothing was counted'
-  end
-  record(name, exists, counted, now, clock, first)
-end
-
--- Decides `check` (a parsed argument, see parse() below) for `name`: the script's work for
--- one check (see the top). Writes the decision's values into `out` from index `at` and
--- returns nothing, or returns a string saying what is wrong with the key, having written
--- nothing.
+-- Decides `check` (a parsed argument, see parse() below) for `name` (as a peek with
+-- `peek_only`): the script's work for one check (see the top). Writes the decision's values
+-- into `out` from index `at`, or a string there saying what is wrong with the key, having
+-- written nothing else; returns the next index.
 local function decide(name, check, clock, at, peek_only)
+  local done = at + (check.age and 1 or 3 + 2 * check.count)
   -- The key's header; it holds history if it has entries and has not expired on this clock.
-  key, seen_t, seen_c = name, nil, nil
-  local header = redis.call('GETRANGE', name, '0', '39')
+  key, seen = name, nil
+  local header = redis.pcall('GETRANGE', name, '0', '39')
+  if type(header) == 'table' then
+    -- A name of another type fails its check alone. Any other Redis error (READONLY on a
+    -- demoted master, OOM, ...) ends the call: such an error stops the call's first write,
+    -- so nothing was written, and the caller must see what Redis said.
+    if string.sub(header.err, 1, 9) ~= 'WRONGTYPE' then
+      error(header)
+    end
+    out[at] = header.err
+    return at + 1
+  end
   local exists = false
   if #header > 0 then
     local format = 0
     if #header == 40 then
       format, T, K, C, head, n, newest, oldest, expires, base, total = struct.unpack(LAYOUT, header)
     end
-    if format ~= 2 or not WRAP[T] or not ENTRY[T + K] or (T == 3 and K > 0) then
-      return 'ERR ratelimitd: key ' .. name .. ' does not hold a format 2 ratelimitd history'
+    if format ~= 2 or not (K == 0 and (T == 3 or T == 5) or K == 3 and T == 5) then
+      out[at] = 'ERR ratelimitd: key ' .. name .. ' does not hold a format 2 ratelimitd history'
+      return at + 1
     end
-    width, modulo = T + K, WRAP[T]
+    entry, width = T == 3 and '<I3' or K == 0 and '<I5' or '<I5I3', T + K
+    modulo = T == 3 and 16777216 or 1099511627776
     exists = clock < expires and n > 0
   end
   if not exists then
     n, total = 0, 0
   end
+  local longest, cost, now, first = check.windows[1], check.cost, clock, 0
   if check.age then
-    return owe(name, exists, check, clock, at)
-  end
-  local longest = check.windows[1]
-  local last = exists and newest or 0
-  local now = clock
-  if last > now then
-    now = last
-  end
-  local first = 0
-  if n > 0 and oldest <= now - longest then
-    first = first_newer(1, n, now - longest)
-  end
-  local allowed = judge_all(check, now, last, first, nil, at)
-  if allowed and READ_PREVIOUS then
-    -- The previous release's units can only deny more: a denial needs no look at them
-    -- (its retry_after may then be short while both releases run; see the top).
-    local previous, previous_newest = previous_ring(name, clock)
-    if previous and previous_newest > now - longest then
-      if previous_newest > last then
-        last = previous_newest
-        if last > now then
-          now = last
-          if n > 0 and oldest <= now - longest then
-            first = first_newer(1, n, now - longest)
+    -- Owed (see "Owed requests" at the top): counted, up to the limit, at its time.
+    out[at] = 1
+    now = clock - check.age
+    if exists and newest > now then
+      now = newest
+    end
+    if now <= clock - longest then
+      return done
+    end
+    if n > 0 and oldest <= now - longest then
+      first = first_newer(1, n, now - longest)
+    end
+    cost = math.min(cost, check.capacity - (total - before(first)))
+    if cost <= 0 then
+      return done
+    end
+  else
+    local last = exists and newest or 0
+    if last > now then
+      now = last
+    end
+    if n > 0 and oldest <= now - longest then
+      first = first_newer(1, n, now - longest)
+    end
+    local allowed = judge_all(check, now, last, first, nil, at)
+    if allowed and READ_PREVIOUS then
+      -- The previous release's units can only deny more: a denial needs no look at them
+      -- (its retry_after may then be short while both releases run; see the top).
+      local previous, previous_newest = previous_ring(name, clock)
+      if previous and previous_newest > now - longest then
+        if previous_newest > last then
+          last = previous_newest
+          if last > now then
+            now = last
+            if n > 0 and oldest <= now - longest then
+              first = first_newer(1, n, now - longest)
+            end
           end
         end
+        allowed = judge_all(check, now, last, first, previous, at)
       end
-      allowed = judge_all(check, now, last, first, previous, at)
+    end
+    if check.peek then
+      return done
+    elseif not allowed then
+      if exists and newest + longest > expires and not peek_only then
+        -- Denied under a longer window than the key was kept for: it keeps what it holds
+        -- that long (nothing is counted); 27 is the expiry's offset in the header.
+        local keep = newest + longest + math.floor(longest / 8)
+        redis.call('SETRANGE', key, 27, struct.pack('<i6', keep))
+        redis.call('PEXPIRE', key, keep - clock)
+      end
+      return done
     end
   end
-  if allowed and EXISTING_ONLY and not check.peek and not in_place(check, exists, now, first) then
-    return 'OOM ratelimitd: Redis is full (maxmemory) and key ' .. name .. ' has no room for this request; nothing was counted'
-  elseif check.peek or peek_only then
-    return
-  elseif allowed then
-    record(name, exists, check, now, clock, first)
-  elseif exists and newest + longest > expires then
-    -- Denied under a longer window than the key was kept for: it keeps what it holds that
-    -- long (nothing is counted); 27 is the expiry's offset in the header.
-    local keep = newest + longest + floor(longest / 8)
-    redis.call('SETRANGE', key, 27, struct.pack('<i6', keep))
-    redis.call('PEXPIRE', key, keep - clock)
+  -- The entry format counting it needs: K = 3 once a request costs more than 1 or a limit is
+  -- above 512 (or the key has it), else 0; T = 3 for a key of units (K = 0) under windows
+  -- below 2^22 ms (70 minutes), else 5, and never less than the key's. Every entry held is
+  -- within the longest window of the newest, and times decode exactly within a quarter of
+  -- 2^(8T) ms. Only keys of units (at most 512 entries) ever change format.
+  local t_bytes, k_bytes = 5, 0
+  if cost > 1 or check.capacity > 512 or (exists and K > 0) then
+    k_bytes = 3
+  elseif longest < 4194304 then
+    t_bytes = 3
   end
+  if exists and T > t_bytes then
+    t_bytes = T
+  end
+  if EXISTING_ONLY and not (exists and t_bytes == T and k_bytes == K and (n - first < C or (K > 0 and newest == now))) then
+    -- Redis is full: only a request that needs no new key and no bigger or wider value. The
+    -- decision's values written are not part of the reply.
+    for i = at + 1, done - 1 do
+      out[i] = nil
+    end
+    out[at] = 'OOM ratelimitd: Redis is full (maxmemory) and key ' .. name .. ' has no room for ' ..
+      (check.age and 'an owed request' or 'this request') .. '; nothing was counted'
+    return at + 1
+  elseif not peek_only then
+    record(name, exists, check, cost, now, clock, first, t_bytes, k_bytes)
+  end
+  return done
 end
 
 -- A check's argument parsed (see the top), or false if it is not a valid check: 1 to 4
@@ -546,7 +557,12 @@ local function parse(arg)
     end
     count = count + 1
     limits[count], windows[count] = l, w
-    capacity, smallest = max(capacity, l), min(smallest, l)
+    if l > capacity then
+      capacity = l
+    end
+    if l < smallest then
+      smallest = l
+    end
     at = next_at
   end
   cost = tonumber(cost)
@@ -561,71 +577,36 @@ if #KEYS == 0 or #ARGV ~= #KEYS + 1 then
   return redis.error_reply('ERR ratelimitd: invalid arguments: need the clock, then one argument per key: its check, "<cost> consume|peek <limit> <window ms> ..."')
 end
 
-local clock_arg, rest = string.match(ARGV[1], '^(%d*)(.*)$')
-if string.sub(rest, 1, 9) == ' previous' then
-  READ_PREVIOUS, rest = true, string.sub(rest, 10)
+-- ARGV[1] (see the top), in few steps for the forms the service sends (no clock): its words
+-- are one of four strings, then ' by <deadline>'.
+local words, clock, by = ARGV[1], nil, nil
+local by_at = string.find(words, ' by ', 1, true)
+if by_at then
+  by = tonumber(string.match(words, '^%d+$', by_at + 4))
+  words = string.sub(words, 1, by_at - 1)
 end
-if string.sub(rest, 1, 9) == ' existing' then
-  EXISTING_ONLY, rest = true, string.sub(rest, 10)
+if words ~= '' and words ~= ' previous' and words ~= ' existing' and words ~= ' previous existing' then
+  local digits
+  digits, words = string.match(words, '^(%d+)(.*)$')
+  clock = tonumber(digits)
 end
-local by = tonumber(string.match(rest, '^ by (%d+)$'))
-if rest ~= '' and not by then
+READ_PREVIOUS = words == ' previous' or words == ' previous existing'
+EXISTING_ONLY = words == ' existing' or words == ' previous existing'
+if (by_at and not by) or not (READ_PREVIOUS or EXISTING_ONLY or words == '') then
   return redis.error_reply('ERR ratelimitd: invalid arguments: the first argument must be "[<clock ms>][ previous][ existing][ by <deadline ms>]"')
 end
-local clock = tonumber(clock_arg)
 if not clock or by then
   local t = redis.call('TIME')
-  local redis_now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
+  local redis_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if by and redis_now > by then
     return redis.error_reply('LATE ratelimitd: the call ran ' .. (redis_now - by) .. ' ms after its deadline; nothing was decided')
   end
   clock = clock or redis_now
 end
 
--- Decides KEYS[k] by `check` at `at` (as a peek with `peek_only`): nil and the next position,
--- or a failure string (written at `at`) and the next position. A Redis error other than
--- WRONGTYPE (READONLY on a demoted master, OOM, ...) ends the call: such an error stops the
--- call's first write, so nothing was written, and the caller must see what Redis said.
-local function decide_at(k, check, at, peek_only)
-  local ok, result = pcall(decide, KEYS[k], check, clock, at, peek_only)
-  local failure = result
-  if not ok then
-    failure = type(result) == 'table' and result.err or tostring(result)
-    if string.sub(failure, 1, 9) ~= 'WRONGTYPE' then
-      error({fatal = failure})
-    end
-  end
-  if failure then
-    -- A decision's values written before the failure are not part of the reply.
-    for i = at + 1, at + 2 + 2 * check.count do
-      out[i] = nil
-    end
-    out[at] = failure
-    return failure, at + 1
-  end
-  return nil, at + (check.age and 1 or 3 + 2 * check.count)
-end
-
--- One all-or-nothing decision: every check peeked; the 'all' ones counted only if all fit.
-local function decide_group(checks)
-  local positions, at, fits = {}, 1, true
-  for k = 1, #KEYS do
-    positions[k] = at
-    local failure
-    failure, at = decide_at(k, checks[k], at, true)
-    fits = fits and not failure and out[positions[k]] == 1
-  end
-  for k = 1, #KEYS do
-    if fits and not checks[k].peek then
-      -- The same decision as the peek (same clock, nothing written in between), now counted.
-      decide_at(k, checks[k], positions[k])
-    end
-  end
-end
-
 local function main()
   -- Each distinct argument is parsed once (Redis interns Lua strings: looking one up is cheap).
-  local parsed, checks, grouped, named = {}, {}, 0, {}
+  local parsed, checks, grouped, named = {}, {}, 0, nil
   for k = 1, #KEYS do
     local arg = ARGV[k + 1]
     if parsed[arg] == nil then
@@ -633,6 +614,7 @@ local function main()
     end
     checks[k] = parsed[arg]
     if checks[k] and checks[k].group then
+      named = named or {}
       grouped = grouped + (named[KEYS[k]] and 0 or 1)
       named[KEYS[k]] = true
     end
@@ -641,13 +623,25 @@ local function main()
     if grouped ~= #KEYS then
       error({fatal = 'ERR ratelimitd: invalid arguments: a call with "all" or "ask" checks must have only such checks, each of another key'})
     end
-    return decide_group(checks)
+    -- One all-or-nothing decision: every check peeked; the 'all' ones counted only if all fit.
+    local positions, at, fits = {}, 1, true
+    for k = 1, #KEYS do
+      positions[k] = at
+      at = decide(KEYS[k], checks[k], clock, at, true)
+      fits = fits and out[positions[k]] == 1
+    end
+    for k = 1, #KEYS do
+      if fits and not checks[k].peek then
+        -- The same decision as the peek (same clock, nothing written in between), now counted.
+        decide(KEYS[k], checks[k], clock, positions[k])
+      end
+    end
+    return
   end
   local at = 1
   for k = 1, #KEYS do
     if checks[k] then
-      local _
-      _, at = decide_at(k, checks[k], at)
+      at = decide(KEYS[k], checks[k], clock, at)
     else
       out[at] = 'ERR ratelimitd: invalid arguments for key ' .. KEYS[k] .. ': need "<cost> consume|peek <limit> <window ms> ...", 1 to 4 windows, longest first, limits below 2^22 and windows below 2^38 ms, at least 1, and 1 <= cost <= every limit'
       at = at + 1
@@ -657,6 +651,6 @@ end
 
 local ok, failure = pcall(main)
 if not ok then
-  return redis.error_reply(type(failure) == 'table' and failure.fatal or tostring(failure))
+  return redis.error_reply(type(failure) == 'table' and (failure.fatal or failure.err) or tostring(failure))
 end
 return out

@@ -202,6 +202,54 @@ async fn a_caller_clock_behind_redis_expires_nothing_early() {
     assert!(ttl > 60_000 && ttl <= 67_500, "PTTL {ttl}: the key lives its window on Redis's clock");
 }
 
+/// The call's first argument is one of its forms ("[<clock ms>][ previous][ existing][ by
+/// <deadline ms>]") or the call fails whole, deciding and writing nothing; ' existing' counts
+/// only in a key that has room, and a deadline already past fails the call as LATE.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_argument_is_one_of_its_forms_or_the_call_fails_whole() {
+    let backend = Backend::redis().await;
+    let mut conn = backend.redis.as_ref().unwrap().conn().await;
+    let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
+    let (clock, later) = (far_ahead(), far_ahead() + 3_600_000);
+    let call = |first: String, key: &str| {
+        let mut call = script.prepare_invoke();
+        call.arg(first).key(key).arg("1 consume 5 60000");
+        call
+    };
+    let bad = ["abc", "12x", " previous junk", " existing previous", " by ", " by 12x", " previous by", "1 2"];
+    for (i, first) in bad.into_iter().enumerate() {
+        let key = format!("bad{{{i}}}:2");
+        let error = call(first.into(), &key).invoke_async::<redis::Value>(&mut conn).await.expect_err(first);
+        assert!(error.to_string().contains("invalid arguments"), "{first:?}: {error}");
+        let exists: u32 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
+        assert_eq!(exists, 0, "{first:?} wrote");
+    }
+    let error = call(" by 1".into(), "late{1}:2").invoke_async::<redis::Value>(&mut conn).await.expect_err("late");
+    assert_eq!(error.code(), Some("LATE"), "{error}");
+    let good = [
+        (String::new(), true),
+        (" previous".into(), true),
+        (format!("{clock}"), true),
+        (format!("{clock} previous"), true),
+        (format!(" by {later}"), true),
+        (format!(" previous by {later}"), true),
+        (" existing".into(), false),
+        (format!("{clock} previous existing by {later}"), false),
+    ];
+    for (i, (first, counted)) in good.into_iter().enumerate() {
+        let key = format!("good{{{i}}}:2");
+        let reply: Vec<redis::Value> = call(first.clone(), &key).invoke_async(&mut conn).await.unwrap();
+        let exists: u32 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
+        assert_eq!(exists == 1, counted, "{first:?}: {reply:?}");
+        if counted {
+            assert_eq!(reply.first(), Some(&redis::Value::Int(1)), "{first:?}: {reply:?}");
+        } else {
+            let words = format!("{reply:?}");
+            assert!(words.contains("Redis is full"), "{first:?}: a new key has no room: {words}");
+        }
+    }
+}
+
 /// A key at its limit is denied from its header alone: one read, no write, however
 /// many denials, with the retry_after of its oldest counted unit.
 #[tokio::test(flavor = "multi_thread")]
