@@ -131,7 +131,7 @@ pub struct Cli {
     /// Whether an allowed check also counts the key's units in the previous release's layout
     /// (<prefix>{<key fingerprint>}), so that a rolling upgrade from it stays exact: read, or
     /// ignore once no replica of the previous release has run for a longest window (it saves
-    /// one Redis read per allowed check).
+    /// one Redis command per script call that allows a check).
     #[arg(long, help_heading = "Redis", env = "RATELIMITD_REDIS_PREVIOUS_LAYOUT", default_value = "read")]
     pub redis_previous_layout: PreviousLayout,
 
