@@ -91,11 +91,10 @@
 -- the functions are few and use few such names: the layout's numbers are written where they
 -- are used, not named (40, the header's bytes; 2, its format; 16777216, the modulo of counts,
 -- 2^24; 512, the largest limit under which a key of cost-1 requests keeps K = 0; 4096, the
--- bytes of entries from which a full ring grows in place), the hot paths halve by x - x % 2
--- rather than math.floor, and rare paths call math.* by name.
+-- bytes of entries from which a full ring grows in place; '<BBBI4I4I4i6i6i6I3I4', the
+-- header's struct format), the hot paths halve by x - x % 2 rather than math.floor, and rare
+-- paths call math.* by name.
 
--- The header's struct format.
-local LAYOUT = '<BBBI4I4I4i6i6i6I3I4'
 local READ_PREVIOUS -- ARGV[1] asks for the previous release's rings (set below)
 local EXISTING_ONLY -- ARGV[1] says Redis is full: count only where a key has room (below)
 
@@ -305,38 +304,6 @@ local function judge_all(check, now, last, first, previous, at)
   return allowed
 end
 
--- The whole value of a history holding entries keep..n-1 and then one at `now` of `cost`, in
--- entries of t_bytes + k_bytes (see decide) and `capacity` of them, after its `header`: for a
--- new key, a wider entry or a full ring.
-local function rewrite(header, keep, now, cost, t_bytes, k_bytes, capacity)
-  local kept, body = n - keep, ''
-  local format, wrap = t_bytes == 3 and '<I3' or k_bytes == 0 and '<I5' or '<I5I3', t_bytes == 3 and 16777216 or 1099511627776
-  if kept > 0 then
-    local all = redis.call('GETRANGE', key, 40, 40 + C * width - 1)
-    if t_bytes == T and k_bytes == K then
-      local from, to = (head + keep) % C, (head + n) % C
-      if from < to then
-        body = string.sub(all, from * width + 1, to * width)
-      else
-        body = string.sub(all, from * width + 1) .. string.sub(all, 1, to * width)
-      end
-    else
-      local parts = {}
-      for j = keep, n - 1 do
-        local stamp, cum = struct.unpack(entry, all, ((head + j) % C) * width + 1)
-        if K == 0 then
-          cum = base + j + 1
-        end
-        local t = newest - (newest % modulo - stamp) % modulo
-        parts[#parts + 1] = struct.pack(format, t % wrap, cum % 16777216)
-      end
-      body = table.concat(parts)
-    end
-  end
-  return header .. body .. struct.pack(format, now % wrap, (base + total + cost) % 16777216) ..
-    string.rep('\0', (capacity - kept - 1) * (t_bytes + k_bytes))
-end
-
 -- Counts an allowed request of `cost` under `check` at `now` (`clock`: the call's own clock) in
 -- entries of t_bytes + k_bytes, having found `first`, the first entry inside the longest
 -- window: drops the entries before it, then adds one (or, at the newest entry's millisecond,
@@ -380,8 +347,8 @@ local function record(name, exists, check, cost, now, clock, first, t_bytes, k_b
     end
     redis.call('SETRANGE', key, 40 + ((head + last) % C) * width,
       struct.pack(entry, now % modulo, (base + total + cost) % 16777216))
-    redis.call('SETRANGE', key, '0', struct.pack(LAYOUT, 2, T, K, C, (head + first) % C, kept + 1, now, next_oldest,
-      new_expires, new_base, held))
+    redis.call('SETRANGE', key, '0', struct.pack('<BBBI4I4I4i6i6i6I3I4', 2, T, K, C, (head + first) % C, kept + 1,
+      now, next_oldest, new_expires, new_base, held))
   else
     -- New, wider or full: the whole value written once at its exact size (a SETRANGE past
     -- the end would over-allocate), the ring grown by up to twice, at most to the limit.
@@ -395,8 +362,35 @@ local function record(name, exists, check, cost, now, clock, first, t_bytes, k_b
         end
       end
     end
-    local value = rewrite(struct.pack(LAYOUT, 2, t_bytes, k_bytes, capacity, 0, kept + 1, now, next_oldest,
-      new_expires, new_base, held), first, now, cost, t_bytes, k_bytes, capacity)
+    -- The entries kept, as they lie or widened, then the new one, then room for the rest.
+    local format = t_bytes == 3 and '<I3' or k_bytes == 0 and '<I5' or '<I5I3'
+    local wrap, body = t_bytes == 3 and 16777216 or 1099511627776, ''
+    if kept > 0 then
+      local all = redis.call('GETRANGE', key, 40, 40 + C * width - 1)
+      if same then
+        local from, to = (head + first) % C, (head + n) % C
+        if from < to then
+          body = string.sub(all, from * width + 1, to * width)
+        else
+          body = string.sub(all, from * width + 1) .. string.sub(all, 1, to * width)
+        end
+      else
+        local parts = {}
+        for j = first, n - 1 do
+          local stamp, cum = struct.unpack(entry, all, ((head + j) % C) * width + 1)
+          if K == 0 then
+            cum = base + j + 1
+          end
+          local t = newest - (newest % modulo - stamp) % modulo
+          parts[#parts + 1] = struct.pack(format, t % wrap, cum % 16777216)
+        end
+        body = table.concat(parts)
+      end
+    end
+    local value = struct.pack('<BBBI4I4I4i6i6i6I3I4', 2, t_bytes, k_bytes, capacity, 0, kept + 1, now,
+      next_oldest, new_expires, new_base, held) .. body ..
+      struct.pack(format, now % wrap, (base + total + cost) % 16777216) ..
+      string.rep('\0', (capacity - kept - 1) * (t_bytes + k_bytes))
     if not exists then
       -- Its expiry relative to the call's clock, so a caller clock behind Redis's expires
       -- nothing early.
@@ -433,7 +427,7 @@ local function decide(name, check, clock, at, peek_only)
   if #header > 0 then
     local format = 0
     if #header == 40 then
-      format, T, K, C, head, n, newest, oldest, expires, base, total = struct.unpack(LAYOUT, header)
+      format, T, K, C, head, n, newest, oldest, expires, base, total = struct.unpack('<BBBI4I4I4i6i6i6I3I4', header)
     end
     if format ~= 2 or not (K == 0 and (T == 3 or T == 5) or K == 3 and T == 5) then
       out[at] = 'ERR ratelimitd: key ' .. name .. ' does not hold a format 2 ratelimitd history'
@@ -517,7 +511,8 @@ local function decide(name, check, clock, at, peek_only)
   if exists and T > t_bytes then
     t_bytes = T
   end
-  if EXISTING_ONLY and not (exists and t_bytes == T and k_bytes == K and (n - first < C or (K > 0 and newest == now))) then
+  if EXISTING_ONLY and
+      not (exists and t_bytes == T and k_bytes == K and (n - first < C or (K > 0 and newest == now))) then
     -- Redis is full: only a request that needs no new key and no bigger or wider value. The
     -- decision's values written are not part of the reply.
     for i = at + 1, done - 1 do
