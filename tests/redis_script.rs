@@ -110,7 +110,9 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
 /// check (across the unit and counted entry formats and the 3, 4 and 5-byte times), idle
 /// spells past the windows, peeks, and batches of one to six checks with a key repeated
 /// (each check of a batch decided as if called alone, in order), and owed requests (a
-/// failure mode's admissions written back, of any age). Every field compared.
+/// failure mode's admissions written back, of any age). Every field compared, over four
+/// timelines (one alone missed a history widened while a shorter window that binds drops part
+/// of it).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
     use rand::{Rng, SeedableRng};
@@ -120,12 +122,13 @@ async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
     let backend = Backend::redis().await;
     let mut conn = backend.redis.as_ref().unwrap().conn().await;
     let script = redis::Script::new(include_str!("../lua/sliding_window.lua"));
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(42);
     let mut now = far_ahead();
     let (mut compared, mut batches, mut owes) = (0, 0, 0);
     let rounds: [&[u32]; 3] = [&[3, 5, 8], &[4094, 4097, 4100], &[1_000, 250_000, 1_000_000]];
-    for (round, limits) in rounds.into_iter().enumerate() {
-        let names: Vec<String> = (0..4).map(|key| format!("oracle-{round}-{key}")).collect();
+    let timelines = [42, 1, 2, 3].into_iter().flat_map(|seed| rounds.into_iter().enumerate().map(move |r| (seed, r)));
+    for (seed, (round, limits)) in timelines {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed * 3 + round as u64);
+        let names: Vec<String> = (0..4).map(|key| format!("oracle-{seed}-{round}-{key}")).collect();
         let mut oracles = vec![Replay::default(); names.len()];
         let mut histories = vec![History::default(); names.len()];
         for _ in 0..600 {
@@ -163,13 +166,13 @@ async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
                 let mode = if rng.random_range(0..8) == 0 { Mode::Peek } else { Mode::Consume };
                 let expected = oracles[key].decide(now, &policy, cost, mode);
                 let history = histories[key].check(now, &policy, cost, mode);
-                assert_eq!(history, expected, "in process, {key} at {now}, {policy:?}, cost {cost}, {mode:?}");
+                assert_eq!(history, expected, "in process, {seed}/{key} at {now}, {policy:?}, cost {cost}, {mode:?}");
                 checks.push((key, policy, cost, mode, expected));
             }
             let call: Vec<_> = checks.iter().map(|(k, p, c, m, _)| check(names[*k].as_bytes(), p, *c, *m)).collect();
             let got = decide(&script, &mut conn, &call, now).await;
             for ((key, policy, cost, mode, expected), got) in checks.iter().zip(got) {
-                assert_eq!(&got, expected, "Redis, {key} at {now}, {policy:?}, cost {cost}, {mode:?}");
+                assert_eq!(&got, expected, "Redis, {seed}/{key} at {now}, {policy:?}, cost {cost}, {mode:?}");
                 compared += 1;
             }
             batches += 1;
