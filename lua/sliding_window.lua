@@ -7,18 +7,18 @@
 --          Cluster slot; a batch on Redis Cluster must keep to one slot). With ' previous', a
 --          name ending in '}:2' also names the previous release's ring,
 --          <prefix>{<fingerprint>}, which is read (never written): see "Rolling deploys".
--- ARGV[1]  '[<clock>][ previous][ by <deadline>]': the caller's clock in Unix ms for every
---          check, or nothing to use Redis TIME (the service always uses TIME; a caller clock,
---          trusting each replica's clock, exists for Redis services that forbid TIME in
---          scripts and for tests that replay a timeline); ' previous' to count the previous
---          release's rings too (see "Rolling deploys" below); ' by <deadline>' (Unix ms on
---          Redis's clock) to fail whole with 'LATE ...', deciding and counting nothing, if
---          Redis runs the call after it: its callers have stopped waiting and were answered
---          otherwise (rule 4: no answer contradicts the store); ' existing' when Redis is
---          full (maxmemory; the caller then runs this script with the allow-oom flag): a
---          request is counted only in a key that exists and has room for it, so the value
---          does not grow; one that would need a new key, or a bigger or wider value, fails
---          alone with 'OOM ...', counting nothing (a group's check, its whole group).
+-- ARGV[1]  '[<clock>][ previous][ existing][ by <deadline>]': the caller's clock in Unix ms
+--          for every check, or nothing to use Redis TIME (the service always uses TIME; a
+--          caller clock, trusting each replica's clock, exists for Redis services that forbid
+--          TIME in scripts and for tests that replay a timeline); ' previous' to count the
+--          previous release's rings too (see "Rolling deploys" below); ' existing' when
+--          Redis is full (maxmemory; the caller then runs this script with the allow-oom
+--          flag): a request is counted only in a key that exists and has room for it, so the
+--          value does not grow; one that would need a new key, or a bigger or wider value,
+--          fails alone with 'OOM ...', counting nothing (a group's check, its whole group);
+--          ' by <deadline>' (Unix ms on Redis's clock) to fail whole with 'LATE ...', deciding
+--          and counting nothing, if Redis runs the call after it: its callers have stopped
+--          waiting and were answered otherwise (rule 4: no answer contradicts the store).
 -- ARGV[k + 1]  check k, one string: '<c> <mode> <L1> <W1> [<L2> <W2> ...]', decimal integers
 --          separated by single spaces, where
 --   c       is its cost, 1 <= c <= every window's limit
@@ -46,7 +46,8 @@
 -- A call of 'all' and 'ask' checks, each of another key, is one all-or-nothing decision:
 -- each is peeked, and only if every one fits are the 'all' ones counted (a key not ours fails
 -- its check and nothing counts). A call that mixes them with others fails whole.
--- Only an allowed, counted request writes; a denial and a peek write nothing.
+-- Only an allowed, counted request writes; a peek writes nothing, nor does a denial, but for
+-- its key's expiry under a longer window (see the invariants).
 --
 -- Storage: one string per API key, the requests it counted inside its longest window, one
 -- entry per request. A 40-byte header (little-endian): format (u8, 2), the bytes of an
@@ -190,21 +191,27 @@ local function first_newer(lo, hi, cutoff, back)
   return lo
 end
 
--- The previous release's ring (see the top): a function giving its units newer than a time,
--- and its newest unit; nil if there is none on the clock `now`. The first call of a script
--- call asks whether any of its keys still has one (one EXISTS), and the others know.
+-- The previous release's ring of key `name` (see the top): a function giving its units newer
+-- than a time, and its newest unit; nil if there is none (or the name holds another type).
+-- Its name is the key's less ':2' if that ends in '}:2' (the end of a hash tag, so that both
+-- are in one Cluster slot). The first call of a script call of several keys asks whether any
+-- of them still has one (one EXISTS), and the others know; a call of one key reads its ring.
 local previous_left
-local function previous_ring(name, now)
-  if previous_left == nil then
-    -- Every name less its last two bytes (one not ending in '}:2' is asked about in vain:
-    -- the check below skips it).
-    local rings = {unpack(KEYS)}
+local function previous_ring(name)
+  if previous_left == nil and #KEYS == 1 then
+    previous_left = true
+  elseif previous_left == nil then
+    local rings, m = {unpack(KEYS)}, 0
     for k = 1, #rings do
-      rings[k] = string.sub(rings[k], 1, -3)
+      local key_name = rings[k]
+      if string.find(key_name, '}:2', -3, true) then
+        m = m + 1
+        rings[m] = string.sub(key_name, 1, -3)
+      end
     end
-    previous_left = redis.call('EXISTS', unpack(rings)) > 0
+    previous_left = m > 0 and redis.call('EXISTS', unpack(rings, 1, m)) > 0
   end
-  if not previous_left or string.sub(name, -3) ~= '}:2' then
+  if not previous_left or not string.find(name, '}:2', -3, true) then
     return nil
   end
   local ring = string.sub(name, 1, -3)
@@ -351,7 +358,8 @@ local function record(name, exists, check, cost, now, clock, first, t_bytes, k_b
       now, next_oldest, new_expires, new_base, held))
   else
     -- New, wider or full: the whole value written once at its exact size (a SETRANGE past
-    -- the end would over-allocate), the ring grown by up to twice, at most to the limit.
+    -- the end would over-allocate), the ring grown by up to twice, at most to the limit (or
+    -- by a quarter, if it holds that much already: a limit lowered).
     local capacity = 1
     if exists then
       capacity = C
@@ -414,9 +422,9 @@ local function decide(name, check, clock, at, peek_only)
   key, seen = name, nil
   local header = redis.pcall('GETRANGE', name, '0', '39')
   if type(header) == 'table' then
-    -- A name of another type fails its check alone. Any other Redis error (READONLY on a
-    -- demoted master, OOM, ...) ends the call: such an error stops the call's first write,
-    -- so nothing was written, and the caller must see what Redis said.
+    -- A name of another type fails its check alone; any other error ends the call, as does
+    -- one of a later write (READONLY on a demoted master, OOM, ...): such an error stops the
+    -- call's first write, so nothing was written, and the caller must see what Redis said.
     if string.sub(header.err, 1, 9) ~= 'WRONGTYPE' then
       error(header)
     end
@@ -445,8 +453,9 @@ local function decide(name, check, clock, at, peek_only)
     -- Owed (see "Owed requests" at the top): counted, up to the limit, at its time.
     out[at] = 1
     now = clock - check.age
-    if exists and newest > now then
-      now = newest
+    local last = exists and newest or 0
+    if last > now then
+      now = last
     end
     if now <= clock - longest then
       return done
@@ -470,7 +479,7 @@ local function decide(name, check, clock, at, peek_only)
     if allowed and READ_PREVIOUS then
       -- The previous release's units can only deny more: a denial needs no look at them
       -- (its retry_after may then be short while both releases run; see the top).
-      local previous, previous_newest = previous_ring(name, clock)
+      local previous, previous_newest = previous_ring(name)
       if previous and previous_newest > now - longest then
         if previous_newest > last then
           last = previous_newest

@@ -45,24 +45,40 @@ async fn the_script_and_its_previous_release_share_keys_exactly() {
             let cost = random_cost(&mut rng, policy.max_cost());
             let mode = if rng.random_range(0..8) == 0 { Mode::Peek } else { Mode::Consume };
             if rng.random_bool(0.5) {
-                let name = format!("{}:2", names[key]);
-                let expected = every[key].decide(now, policy, cost, mode);
-                let got = decide(&current, &mut conn, &[check(name.as_bytes(), policy, cost, mode)], now).await;
-                let what =
-                    format!("current, {name} at {now}, {policy:?}, cost {cost}, {mode:?}: {got:?}, {expected:?}");
-                if expected.allowed {
-                    assert_eq!(got[0], expected, "{what}");
-                } else {
-                    assert!(!got[0].allowed && got[0].decided_at_ms == expected.decided_at_ms, "{what}");
-                    assert!(got[0].retry_after_ms <= expected.retry_after_ms, "{what}");
-                    // The oracle's units left in the window this release names.
-                    let named = Limits::new(&[policy.windows()[usize::from(got[0].window)]]).unwrap();
-                    let left = every[key].clone().decide(now, &named, cost, Mode::Peek);
-                    let left = if left.allowed { left.remaining + cost } else { left.remaining };
-                    assert!(got[0].remaining >= left, "{what}: the oracle has {left} left in window {}", got[0].window);
-                    short_retries += usize::from(got[0].retry_after_ms < expected.retry_after_ms);
+                // The check alone, or after a peek of another key in the same call (one EXISTS
+                // asks after both keys' previous rings).
+                let mut batch = vec![(key, cost, mode)];
+                if rng.random_bool(0.5) {
+                    let other = (key + 1) % names.len();
+                    batch.insert(0, (other, random_cost(&mut rng, policies[other].max_cost()), Mode::Peek));
                 }
-                by_current += 1;
+                let named: Vec<String> = batch.iter().map(|(k, ..)| format!("{}:2", names[*k])).collect();
+                let expected: Vec<_> =
+                    batch.iter().map(|&(k, c, m)| every[k].decide(now, &policies[k], c, m)).collect();
+                let call: Vec<_> = batch
+                    .iter()
+                    .zip(&named)
+                    .map(|(&(k, c, m), name)| check(name.as_bytes(), &policies[k], c, m))
+                    .collect();
+                let got = decide(&current, &mut conn, &call, now).await;
+                for (((&(k, cost, mode), name), expected), got) in batch.iter().zip(&named).zip(&expected).zip(&got) {
+                    let policy = &policies[k];
+                    let what =
+                        format!("current, {name} at {now}, {policy:?}, cost {cost}, {mode:?}: {got:?}, {expected:?}");
+                    if expected.allowed {
+                        assert_eq!(got, expected, "{what}");
+                    } else {
+                        assert!(!got.allowed && got.decided_at_ms == expected.decided_at_ms, "{what}");
+                        assert!(got.retry_after_ms <= expected.retry_after_ms, "{what}");
+                        // The oracle's units left in the window this release names.
+                        let window = Limits::new(&[policy.windows()[usize::from(got.window)]]).unwrap();
+                        let left = every[k].clone().decide(now, &window, cost, Mode::Peek);
+                        let left = if left.allowed { left.remaining + cost } else { left.remaining };
+                        assert!(got.remaining >= left, "{what}: the oracle has {left} left in window {}", got.window);
+                        short_retries += usize::from(got.retry_after_ms < expected.retry_after_ms);
+                    }
+                    by_current += 1;
+                }
             } else {
                 let name = &names[key];
                 let expected = own[key].decide(now, policy, cost, mode);
