@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Backend;
-use common::script::{advance, check, decide, far_ahead, owe, random_cost, random_policy};
+use common::script::{advance, check, decide, far_ahead, owe, random_cost, random_policy, timelines};
 use ratelimitd::domain::{Limits, Mode};
 use ratelimitd::store::redis::script::{CallOptions, Check, Owed};
 
@@ -111,11 +111,10 @@ async fn a_bad_check_fails_alone_and_a_malformed_call_changes_nothing() {
 /// spells past the windows, peeks, and batches of one to six checks with a key repeated
 /// (each check of a batch decided as if called alone, in order), and owed requests (a
 /// failure mode's admissions written back, of any age). Every field compared, over four
-/// timelines (one alone missed a history widened while a shorter window that binds drops part
-/// of it).
+/// seeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     use ratelimitd::domain::History;
     use ratelimitd::domain::oracle::Replay;
 
@@ -125,9 +124,7 @@ async fn the_script_and_the_in_process_history_decide_as_the_oracle() {
     let mut now = far_ahead();
     let (mut compared, mut batches, mut owes) = (0, 0, 0);
     let rounds: [&[u32]; 3] = [&[3, 5, 8], &[4094, 4097, 4100], &[1_000, 250_000, 1_000_000]];
-    let timelines = [42, 1, 2, 3].into_iter().flat_map(|seed| rounds.into_iter().enumerate().map(move |r| (seed, r)));
-    for (seed, (round, limits)) in timelines {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed * 3 + round as u64);
+    for (seed, round, limits, mut rng) in timelines(&[42, 1, 2, 3], &rounds) {
         let names: Vec<String> = (0..4).map(|key| format!("oracle-{seed}-{round}-{key}")).collect();
         let mut oracles = vec![Replay::default(); names.len()];
         let mut histories = vec![History::default(); names.len()];

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::Backend;
-use common::script::{check, decide, far_ahead, random_cost, random_policy};
+use common::script::{check, decide, far_ahead, random_cost, random_policy, timelines};
 use ratelimitd::domain::{Limits, Mode};
 use ratelimitd::store::redis::script::CallOptions;
 
@@ -17,10 +17,10 @@ use ratelimitd::store::redis::script::CallOptions;
 /// retry_after and remaining from its own units: a retry_after never later than the oracle's,
 /// and a remaining never fewer than the oracle's units left in the window it names (which may
 /// be another window than the oracle's). The previous release never reads the new layout: it
-/// decides exactly on its own units and never misreads a key. Four timelines.
+/// decides exactly on its own units and never misreads a key. Four seeds.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_script_and_its_previous_release_share_keys_exactly() {
-    use rand::{Rng, SeedableRng};
+    use rand::Rng;
     use ratelimitd::domain::oracle::Replay;
 
     let backend = Backend::redis().await;
@@ -30,9 +30,7 @@ async fn the_script_and_its_previous_release_share_keys_exactly() {
     let mut now = far_ahead();
     let (mut by_current, mut by_previous, mut short_retries) = (0, 0, 0);
     let rounds = [[3u32, 5, 8], [300, 300, 300], [200_000, 1_000_000, 1_000_000]];
-    let timelines = [7, 1, 2, 3].into_iter().flat_map(|seed| rounds.into_iter().enumerate().map(move |r| (seed, r)));
-    for (seed, (round, limits)) in timelines {
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(seed * 3 + round as u64);
+    for (seed, round, limits, mut rng) in timelines(&[7, 1, 2, 3], &rounds) {
         // One policy per key (the releases agree on it); the windows stay long enough
         // that the previous release's ring holds every unit they count.
         let policies: Vec<Limits> = (0..3).map(|_| random_policy(&mut rng, &limits)).collect();

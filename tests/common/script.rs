@@ -16,6 +16,16 @@ pub fn far_ahead() -> u64 {
         + 10 * 24 * 3600 * 1000
 }
 
+/// The random timelines of a property test: each round (its limits) under each seed, each
+/// with its own generator, so a failure is reproduced by its seed and round alone. More than
+/// one seed: a single timeline can miss a path (one let a script pass whose widened
+/// histories' counts were off by one).
+pub fn timelines<R: Copy>(seeds: &[u64], rounds: &[R]) -> Vec<(u64, usize, R, rand::rngs::SmallRng)> {
+    use rand::SeedableRng;
+    let rng = |seed: u64, round: usize| rand::rngs::SmallRng::seed_from_u64(seed * 3 + round as u64);
+    seeds.iter().flat_map(|&seed| rounds.iter().enumerate().map(move |(i, &r)| (seed, i, r, rng(seed, i)))).collect()
+}
+
 /// Time between two batches: mostly a few hundred ms, sometimes an idle spell past every
 /// window, rarely one of hours.
 pub fn advance(rng: &mut impl rand::Rng) -> u64 {
